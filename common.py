@@ -1,0 +1,206 @@
+"""Neural blocks shared by grid_failmem.py, miniworld_failmem.py and reacher_failmem.py.
+
+Only the blocks live here (paper Sec. 2, DESIGN.md Sec. 3); each script builds its own
+agent from them, next to its environment, memory bank and PPO loop.
+
+- `ImpalaCNN`: the observation encoder (Appendix A, Espeholt et al. 2018).
+- `SNAIL`: causal TC blocks and causal attention blocks over the current trial (Sec. 2.3),
+  with a step-by-step mode for rollouts that gives the same numbers as the full sequence.
+- `TrajectoryEmbedding`: Transformer encoder over the L steps of one stored trajectory and a
+  decoder whose single query is a learned vector g (Sec. 2.1).
+- `MemoryReader`: multi-head attention from the current observation to the trajectory
+  embeddings, then the paper's GRU gate (Sec. 2.2); zero when the bank is empty.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ImpalaCNN(nn.Module):
+    """IMPALA CNN (Appendix A): per stage conv3x3, maxpool 3 stride 2, two residual blocks;
+    then flatten, FC `out_dim`, ReLU. Takes uint8 frames (..., H, W, 3), scales them to [0, 1]."""
+
+    def __init__(self, obs_size=64, in_channels=3, channels=(16, 32, 32), out_dim=256):
+        super().__init__()
+        stages, size = [], obs_size
+        for out_channels in channels:
+            stages += [
+                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+                ResidualBlock(out_channels),
+                ResidualBlock(out_channels),
+            ]
+            in_channels, size = out_channels, (size + 1) // 2
+        self.stages = nn.Sequential(*stages)
+        self.fc = layer_init(nn.Linear(in_channels * size * size, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, frames):
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
+        x = F.relu(self.stages(x)).flatten(1)
+        return F.relu(self.fc(x)).reshape(*lead, -1)
+
+
+class DenseTCBlock(nn.Module):
+    """SNAIL's TC block (Mishra et al. 2017): dense causal conv layers of kernel 2 with
+    dilations 1, 2, 4, ... up to the trial length, gated tanh * sigmoid, each layer's output
+    concatenated to its input. Adds `filters * len(dilations)` channels."""
+
+    def __init__(self, in_dim, seq_len, filters):
+        super().__init__()
+        self.dilations = [2**i for i in range(max(1, math.ceil(math.log2(seq_len))))]
+        self.convs = nn.ModuleList()
+        for i in range(len(self.dilations)):
+            # one conv gives both halves of the gate; weight[..., 0] looks d steps back
+            self.convs.append(nn.Conv1d(in_dim + i * filters, 2 * filters, kernel_size=2))
+        self.out_dim = in_dim + len(self.dilations) * filters
+
+    def forward(self, x):  # (B, T, D) -> (B, T, out_dim)
+        h = x.transpose(1, 2)
+        for conv, d in zip(self.convs, self.dilations):
+            out = F.conv1d(F.pad(h, (d, 0)), conv.weight, conv.bias, dilation=d)
+            f, g = out.chunk(2, dim=1)
+            h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=1)
+        return h.transpose(1, 2)
+
+    def step(self, x_t, history, t):
+        """Output at position t; `history[k]` is layer k's input buffer (B, max_len, C_k)."""
+        h = x_t
+        for k, (conv, d) in enumerate(zip(self.convs, self.dilations)):
+            history[k][:, t] = h
+            past = history[k][:, t - d] if t >= d else torch.zeros_like(h)
+            out = F.linear(past, conv.weight[:, :, 0], conv.bias) + F.linear(h, conv.weight[:, :, 1])
+            f, g = out.chunk(2, dim=-1)
+            h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=-1)
+        return h
+
+
+class CausalAttentionBlock(nn.Module):
+    """SNAIL's attention block: single-head soft attention over the past (softmax over keys,
+    masked to positions <= t), its read concatenated to the input."""
+
+    def __init__(self, in_dim, key_size, value_size):
+        super().__init__()
+        self.query = nn.Linear(in_dim, key_size)
+        self.key = nn.Linear(in_dim, key_size)
+        self.value = nn.Linear(in_dim, value_size)
+        self.scale = 1.0 / math.sqrt(key_size)
+        self.out_dim = in_dim + value_size
+
+    def forward(self, x):
+        read = F.scaled_dot_product_attention(self.query(x), self.key(x), self.value(x), is_causal=True)
+        return torch.cat([x, read], dim=-1)
+
+    def step(self, x_t, history, t):
+        history[:, t] = x_t
+        past = history[:, : t + 1]
+        logits = torch.einsum("bk,btk->bt", self.query(x_t), self.key(past)) * self.scale
+        read = torch.einsum("bt,btv->bv", logits.softmax(-1), self.value(past))
+        return torch.cat([x_t, read], dim=-1)
+
+
+class SNAIL(nn.Module):
+    """SNAIL over the current trial (Sec. 2.3): TC, attention, TC, attention, then a linear
+    layer to `out_dim`. `forward` takes a whole sequence; `step` one position, given the cache
+    from `init_cache`, and returns what `forward` would at that position."""
+
+    def __init__(self, in_dim, out_dim, seq_len=80, filters=32, key_size=32, value_size=32):
+        super().__init__()
+        self.tc1 = DenseTCBlock(in_dim, seq_len, filters)
+        self.attn1 = CausalAttentionBlock(self.tc1.out_dim, key_size, value_size)
+        self.tc2 = DenseTCBlock(self.attn1.out_dim, seq_len, filters)
+        self.attn2 = CausalAttentionBlock(self.tc2.out_dim, key_size, value_size)
+        self.out = layer_init(nn.Linear(self.attn2.out_dim, out_dim))
+
+    def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
+        return F.relu(self.out(self.attn2(self.tc2(self.attn1(self.tc1(x))))))
+
+    def init_cache(self, batch_size, max_len, device=None):
+        def buffers(block):
+            return [torch.zeros(batch_size, max_len, c.in_channels, device=device) for c in block.convs]
+
+        return {
+            "tc1": buffers(self.tc1),
+            "attn1": torch.zeros(batch_size, max_len, self.tc1.out_dim, device=device),
+            "tc2": buffers(self.tc2),
+            "attn2": torch.zeros(batch_size, max_len, self.tc2.out_dim, device=device),
+        }
+
+    def step(self, x_t, cache, t):  # (B, in_dim) -> (B, out_dim), position t of the sequence
+        h = self.tc1.step(x_t, cache["tc1"], t)
+        h = self.attn1.step(h, cache["attn1"], t)
+        h = self.tc2.step(h, cache["tc2"], t)
+        h = self.attn2.step(h, cache["attn2"], t)
+        return F.relu(self.out(h))
+
+
+class TrajectoryEmbedding(nn.Module):
+    """Sec. 2.1: e_tau = Encoder(Phi(tau)), v_tau = Decoder(g, e_tau). Input: the per-step
+    embeddings Phi(o, a, r) of stored trajectories (B, L, E) with `valid` (B, L) marking real
+    steps; trajectories shorter than L are padded at the front, so position L-1 is the last step."""
+
+    def __init__(self, embed_dim=64, num_heads=4, num_layers=2, max_len=80):
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(max_len, embed_dim) * 0.02)
+        self.g = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)  # the learned query g
+        layer = dict(d_model=embed_dim, nhead=num_heads, dim_feedforward=2 * embed_dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), num_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), num_layers)
+
+    def forward(self, steps, valid):  # (B, L, E), (B, L) bool -> (B, E)
+        length = steps.shape[1]
+        padding = ~valid
+        x = steps + self.position[-length:]
+        encoded = self.encoder(x, src_key_padding_mask=padding)
+        query = self.g.expand(steps.shape[0], 1, -1)
+        return self.decoder(query, encoded, memory_key_padding_mask=padding).squeeze(1)
+
+
+class MemoryReader(nn.Module):
+    """Sec. 2.2: m_d = MultiHead(v'_o, v_tau, v_tau), then the GRU gate
+    r = sig(FC(m_d) + FC(v'_o)), z = sig(FC(m_d) + FC(v'_o)), y = tanh(FC(m_d) + FC(r * v'_o)),
+    m_o = (1 - z) * y + z * v'_o. Empty bank: m_o = 0 (Sec. 2.3)."""
+
+    def __init__(self, embed_dim=64, num_heads=4):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.w_r, self.u_r = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
+        self.w_z, self.u_z = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
+        self.w_y, self.u_y = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
+
+    def gate(self, m_d, v_o):
+        r = torch.sigmoid(self.w_r(m_d) + self.u_r(v_o))
+        z = torch.sigmoid(self.w_z(m_d) + self.u_z(v_o))
+        y = torch.tanh(self.w_y(m_d) + self.u_y(r * v_o))
+        return (1 - z) * y + z * v_o
+
+    def forward(self, v_o, memory, valid):
+        """v_o (B, Q, E) queries, memory (B, N, E) trajectory embeddings, valid (B, N) bool."""
+        empty = ~valid.any(dim=1)
+        # a fully masked row would give NaN; unmask slot 0 there and zero the result below
+        padding = ~valid
+        padding[:, 0] &= ~empty
+        m_d, _ = self.attention(v_o, memory, memory, key_padding_mask=padding, need_weights=False)
+        m_o = self.gate(m_d, v_o)
+        return m_o.masked_fill(empty[:, None, None], 0.0)
