@@ -113,10 +113,11 @@ class CausalAttentionBlock(nn.Module):
         return torch.cat([x, read], dim=-1)
 
     def step(self, x_t, history, t):
-        history[:, t] = x_t
-        past = history[:, : t + 1]
-        logits = torch.einsum("bk,btk->bt", self.query(x_t), self.key(past)) * self.scale
-        read = torch.einsum("bt,btv->bv", logits.softmax(-1), self.value(past))
+        """Output at position t; `history` caches the keys and values of positions < t."""
+        keys, values = history
+        keys[:, t], values[:, t] = self.key(x_t), self.value(x_t)
+        logits = torch.einsum("bk,btk->bt", self.query(x_t), keys[:, : t + 1]) * self.scale
+        read = torch.einsum("bt,btv->bv", logits.softmax(-1), values[:, : t + 1])
         return torch.cat([x_t, read], dim=-1)
 
 
@@ -140,11 +141,15 @@ class SNAIL(nn.Module):
         def buffers(block):
             return [torch.zeros(batch_size, max_len, c.in_channels, device=device) for c in block.convs]
 
+        def keys_values(block):
+            keys = torch.zeros(batch_size, max_len, block.key.out_features, device=device)
+            return keys, torch.zeros(batch_size, max_len, block.value.out_features, device=device)
+
         return {
             "tc1": buffers(self.tc1),
-            "attn1": torch.zeros(batch_size, max_len, self.tc1.out_dim, device=device),
+            "attn1": keys_values(self.attn1),
             "tc2": buffers(self.tc2),
-            "attn2": torch.zeros(batch_size, max_len, self.tc2.out_dim, device=device),
+            "attn2": keys_values(self.attn2),
         }
 
     def step(self, x_t, cache, t):  # (B, in_dim) -> (B, out_dim), position t of the sequence
