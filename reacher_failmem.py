@@ -1,0 +1,997 @@
+"""Learning to Recover from Failures using Memory: the UR robot reacher (paper Sec. 3.3).
+
+A UR5 arm stands at a table with 3 balls of different colours; one of them is the target (+5
+for touching it), the others are traps (-1); the episode ends on either, and nothing in the
+picture says which ball is which. The policy sees only RGB frames from a fixed camera (no joint
+or ball state) and moves the end effector by (dx, dy, dz), each in {-4, 0, +4} cm: 27 actions,
+carried out by inverse kinematics. It acts in trials of T = 80 steps; an episode ends at a ball
+or after 80 steps and the level restarts. A memory bank per level keeps the last L steps of its
+failed episodes across trials (Sec. 2), and the policy reads it with a Transformer per
+trajectory and gated attention over the bank.
+
+    python reacher_failmem.py                      # the memory agent, TensorBoard under runs/
+    python reacher_failmem.py --agent snail        # the SNAIL baseline (no bank)
+    python reacher_failmem.py --track              # also Weights & Biases
+    python reacher_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+
+PyBullet ships no UR model, so the UR5 is written here as a URDF from Universal Robots'
+published DH parameters, its links drawn as cylinders (TinyRenderer, no GPU or display needed).
+Rendering is the cost, so the envs run in `--num-workers` processes (gymnasium's
+AsyncVectorEnv), each stepping its share of the `--num-envs` envs one after another.
+
+Where the paper's parts are, top to bottom: the UR reacher (Sec. 3.3, Appendix A), the memory
+bank (Sec. 2), the agent (Sec. 2.1-2.3 with the blocks of common.py), the evaluation
+(Sec. 3.1.2), then PPO over whole trials (Appendix A). Everything but the environment is the
+same as in grid_failmem.py.
+"""
+
+import hashlib
+import itertools
+import math
+import netrc
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+# OpenMP threads that spin while they wait starve the env workers (and any other process) of the
+# few cores: measured 5 training SPS with spinning, 60 without, on 2 shared cores. Set before torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pybullet as p  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torch.optim as optim  # noqa: E402
+import tyro  # noqa: E402
+from torch.distributions.categorical import Categorical  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from common import SNAIL, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init  # noqa: E402
+
+AGENTS = ("memory", "snail")
+
+@dataclass
+class Args:
+    # Experiment
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment: levels sampled, weights, actions"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when available"""
+    threads: int = 0
+    """torch CPU threads (0: one per core)"""
+    track: bool = False
+    """if toggled, log to Weights & Biases too (offline when no W&B login is found)"""
+    wandb_project_name: str = "failmem"
+    """the W&B project"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    capture_video: bool = False
+    """if toggled, write GIFs of a few test trials at each evaluation to videos/{run_name}"""
+    eval_only: bool = False
+    """if toggled, only evaluate the agent in --checkpoint on the held-out levels"""
+    checkpoint: str | None = None
+    """a checkpoint written by a training run, for --eval-only"""
+
+    # UR reacher (Sec. 3.3, Appendix A)
+    obs_size: int = 64
+    """side of the RGB camera image in pixels (paper: 64)"""
+    num_train_levels: int = 1000
+    """training levels (paper: 1,000)"""
+    num_test_levels: int = 200
+    """held-out test levels for the final evaluation (paper: 200)"""
+    trial_len: int = 80
+    """T: steps per trial, also the episode step limit"""
+    num_workers: int = 2
+    """processes that step the envs, each holding num_envs / num_workers of them (0: all in this process)"""
+
+    # Memory bank (Sec. 2)
+    mem_size: int = 8
+    """N: failed trajectories kept per level, oldest dropped first"""
+    mem_len: int = 6
+    """L: last steps of a failed episode that are stored"""
+    bank_ram_mb: float = 2048.0
+    """bound on the banks' frames in MiB; past it the least recently used level's bank is dropped"""
+
+    # Agent (Sec. 2.1-2.3)
+    agent: str = "memory"
+    """the agent: memory (the paper's method) or snail (the baseline, no bank)"""
+    embed_dim: int = 64
+    """E: embedding size"""
+    num_heads: int = 4
+    """attention heads of the Transformer and the memory read"""
+
+    # PPO (Appendix A)
+    total_timesteps: int = 5_000_000
+    """total environment steps of training"""
+    learning_rate: float = 2.5e-4
+    """the Adam learning rate"""
+    anneal_lr: bool = True
+    """if toggled, the learning rate decays linearly to 0"""
+    num_envs: int = 48
+    """parallel envs, each running one trial per rollout (paper: 48 processes)"""
+    trials_per_minibatch: int = 12
+    """trials in one minibatch (paper's batch size 12)"""
+    update_epochs: int = 4
+    """PPO epochs over each rollout"""
+    gamma: float = 0.999
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation"""
+    norm_adv: bool = True
+    """if toggled, advantages are normalised per minibatch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """if toggled, the value loss is clipped too"""
+    ent_coef: float = 0.004
+    """entropy coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """gradient norm clip"""
+    target_kl: float | None = None
+    """stop the epochs of an update once the approximate KL passes this"""
+
+    # Evaluation (Sec. 3.1.2)
+    eval_every: int = 50
+    """evaluate every this many updates (0: only at the end)"""
+    eval_levels: int = 200
+    """held-out levels in the periodic evaluations (paper's Fig. 3c/d: 200)"""
+    eval_episodes: int = 5
+    """episodes per held-out level"""
+
+    # filled in at run time
+    batch_size: int = 0
+    """steps per rollout (num_envs * trial_len)"""
+    num_iterations: int = 0
+    """PPO updates (total_timesteps // batch_size)"""
+
+
+def check_args(args):
+    """Stop with one line naming the flag, before any work starts."""
+    problems = [
+        (args.agent not in AGENTS, f"--agent must be one of {', '.join(AGENTS)}, got {args.agent!r}"),
+        (args.obs_size < 8, f"--obs-size must be at least 8, got {args.obs_size}"),
+        (args.num_train_levels < 1, f"--num-train-levels must be positive, got {args.num_train_levels}"),
+        (args.num_test_levels < 1, f"--num-test-levels must be positive, got {args.num_test_levels}"),
+        (args.trial_len < 2, f"--trial-len must be at least 2, got {args.trial_len}"),
+        (args.num_workers < 0, f"--num-workers must be 0 or positive, got {args.num_workers}"),
+        (
+            args.num_workers > 0 and args.num_envs % args.num_workers,
+            f"--num-envs {args.num_envs} must be a multiple of --num-workers, got {args.num_workers}",
+        ),
+        (args.mem_size < 1, f"--mem-size must be positive, got {args.mem_size}"),
+        (
+            not 1 <= args.mem_len <= args.trial_len,
+            f"--mem-len must be between 1 and --trial-len {args.trial_len}, got {args.mem_len}",
+        ),
+        (args.bank_ram_mb <= 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
+        (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
+        (args.num_heads < 1, f"--num-heads must be positive, got {args.num_heads}"),
+        (args.total_timesteps < 1, f"--total-timesteps must be positive, got {args.total_timesteps}"),
+        (args.learning_rate <= 0, f"--learning-rate must be positive, got {args.learning_rate}"),
+        (args.num_envs < 1, f"--num-envs must be positive, got {args.num_envs}"),
+        (args.trials_per_minibatch < 1, f"--trials-per-minibatch must be positive, got {args.trials_per_minibatch}"),
+        (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
+        (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+        (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
+        (args.eval_every < 0, f"--eval-every must be 0 or positive, got {args.eval_every}"),
+        (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
+        (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
+        (args.threads < 0, f"--threads must be 0 or positive, got {args.threads}"),
+        (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (
+            args.checkpoint is not None and not os.path.isfile(args.checkpoint),
+            f"--checkpoint {args.checkpoint} does not exist",
+        ),
+    ]
+    for bad, message in problems:
+        if bad:
+            sys.exit(f"{os.path.basename(__file__)}: error: {message}")
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# UR robot reacher (Sec. 3.3, Appendix A) in PyBullet, one DIRECT physics client per env. The UR5
+# is written here as a URDF from its published kinematics, links drawn as cylinders so that
+# TinyRenderer stays fast. No physics is simulated: an action moves the end-effector target, IK
+# gives the joints, and the joints are set to them (resetJointState): deterministic and fast.
+# A ball is touched when the end effector comes within BALL_RADIUS + TOUCH_TOLERANCE of its
+# centre (a distance, not contact points: the balls have no collision shapes).
+# ---------------------------------------------------------------------------------------------
+# Universal Robots' published DH parameters for the UR5 (m, rad), as in their "DH parameters
+# for calculations of kinematics and dynamics" table and ROS-Industrial's ur_description.
+UR5_D = (0.089159, 0.0, 0.0, 0.10915, 0.09465, 0.0823)
+UR5_A = (0.0, -0.425, -0.39225, 0.0, 0.0, 0.0)
+UR5_ALPHA = (math.pi / 2, 0.0, 0.0, math.pi / 2, -math.pi / 2, 0.0)
+UR5_LIMITS = (2 * math.pi, 2 * math.pi, math.pi, 2 * math.pi, 2 * math.pi, 2 * math.pi)  # +-, elbow +-pi
+HOME_Q = (math.pi, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0)  # arm over the table, tool down
+EE_LINK = 6  # the flange: the fixed link after the six revolute joints (DH frame 6)
+TOOL_DOWN = (1.0, 0.0, 0.0, 0.0)  # quaternion xyzw: the tool's z axis points at the table
+NUM_BALLS = 3
+BALL_RADIUS = 0.04
+TOUCH_TOLERANCE = 0.02
+BALL_REGION = ((0.23, 0.73), (-0.30, 0.30))  # x, y of ball centres: 0.5 m x 0.6 m (Appendix A)
+MIN_BALL_GAP = 0.15  # between ball centres: the touch spheres (radius 0.06) never overlap
+BALL_COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.75, 0.1], [0.1, 0.25, 0.95]])  # red, green, blue
+STEP = 0.04  # m per action and axis (Appendix A)
+MOVES = np.array(list(itertools.product((-STEP, 0.0, STEP), repeat=3)))  # 27 (dx, dy, dz)
+# The end effector's box: every point is reachable tool-down (IK error < 1 mm), and its corners
+# lie on the 4 cm grid through EE_START, so the end effector walks a grid and every ball centre
+# has a grid point within sqrt(2) * 2 cm = 2.8 cm (ball centres sit at z = BALL_RADIUS = 0.04).
+WORKSPACE_LOW = np.array([0.20, -0.32, 0.04])
+WORKSPACE_HIGH = np.array([0.76, 0.32, 0.32])
+EE_START = np.array([0.48, 0.0, 0.28])
+CAMERA = dict(eye=(1.05, 0.65, 0.95), target=(0.40, 0.0, 0.12), up=(0.0, 0.0, 1.0), fov=58.0)  # Fig. 2d: front-side
+GOAL_REWARD, TRAP_REWARD = 5.0, -1.0
+SPLITS = {"train": 0, "test": 1}
+
+
+def ur5_urdf():
+    """The UR5 as URDF text: DH frame i-1 to joint i is Trans(a, 0, d) Rot_x(alpha) of link
+    i-1, each joint turns about its z axis, so forward kinematics is exactly the DH product.
+    Links are cylinders: a housing along each joint axis, then the d (z) and a (x) offsets."""
+    grey, blue, dark = "0.75 0.75 0.78 1", "0.2 0.4 0.75 1", "0.15 0.15 0.15 1"
+    inertial = '<inertial><mass value="1"/><inertia ixx="0.01" ixy="0" ixz="0" iyy="0.01" iyz="0" izz="0.01"/></inertial>'
+
+    def cylinder(xyz, rpy, radius, length, rgba):
+        return (
+            f'<visual><origin xyz="{xyz[0]:.6f} {xyz[1]:.6f} {xyz[2]:.6f}" rpy="{rpy[0]:.6f} {rpy[1]:.6f} {rpy[2]:.6f}"/>'
+            f'<geometry><cylinder radius="{radius}" length="{length:.6f}"/></geometry>'
+            f'<material name="c{rgba.replace(" ", "_")}"><color rgba="{rgba}"/></material></visual>'
+        )
+
+    links = [f'<link name="base_link">{inertial}{cylinder((0, 0, 0.03), (0, 0, 0), 0.075, 0.06, dark)}</link>']
+    joints = []
+    radii = (0.06, 0.055, 0.045, 0.04, 0.04, 0.04)
+    for i in range(6):
+        d, a, r = UR5_D[i], UR5_A[i], radii[i]
+        visual = cylinder((0, 0, 0), (0, 0, 0), r, 2.2 * r, blue)
+        if d:
+            visual += cylinder((0, 0, d / 2), (0, 0, 0), 0.8 * r, abs(d), grey)
+        if a:
+            visual += cylinder((a / 2, 0, d), (0, math.pi / 2, 0), 0.8 * r, abs(a), grey)
+        if i == 5:  # the tool: a dark tip ending at the flange
+            visual += cylinder((0, 0, d - 0.02), (0, 0, 0), 0.025, 0.04, dark)
+        links.append(f'<link name="link{i + 1}">{inertial}{visual}</link>')
+        parent = "base_link" if i == 0 else f"link{i}"
+        xyz = (0, 0, 0) if i == 0 else (UR5_A[i - 1], 0, UR5_D[i - 1])
+        roll = 0.0 if i == 0 else UR5_ALPHA[i - 1]
+        joints.append(
+            f'<joint name="joint{i + 1}" type="revolute"><parent link="{parent}"/><child link="link{i + 1}"/>'
+            f'<origin xyz="{xyz[0]} {xyz[1]} {xyz[2]}" rpy="{roll:.6f} 0 0"/><axis xyz="0 0 1"/>'
+            f'<limit lower="{-UR5_LIMITS[i]:.6f}" upper="{UR5_LIMITS[i]:.6f}" effort="150" velocity="3.15"/></joint>'
+        )
+    links.append(f'<link name="flange">{inertial}</link>')
+    joints.append(
+        f'<joint name="flange_joint" type="fixed"><parent link="link6"/><child link="flange"/>'
+        f'<origin xyz="{UR5_A[5]} 0 {UR5_D[5]}" rpy="{UR5_ALPHA[5]} 0 0"/></joint>'
+    )
+    return '<?xml version="1.0"?>\n<robot name="ur5">\n' + "\n".join(links + joints) + "\n</robot>\n"
+
+
+def write_urdf(directory=None):
+    """Write the URDF once per content (name carries its hash; workers may race, os.replace is atomic)."""
+    text = ur5_urdf()
+    directory = directory or tempfile.gettempdir()
+    path = os.path.join(directory, f"failmem_ur5_{hashlib.sha1(text.encode()).hexdigest()[:10]}.urdf")
+    if not os.path.isfile(path):
+        scratch = f"{path}.{os.getpid()}"
+        with open(scratch, "w") as f:
+            f.write(text)
+        os.replace(scratch, path)
+    return path
+
+
+def dh_forward_kinematics(q):
+    """The flange pose (4 x 4) from the DH parameters alone, to check the URDF against."""
+    pose = np.eye(4)
+    for theta, d, a, alpha in zip(q, UR5_D, UR5_A, UR5_ALPHA):
+        ct, st, ca, sa = math.cos(theta), math.sin(theta), math.cos(alpha), math.sin(alpha)
+        pose = pose @ np.array([[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st], [0, sa, ca, d], [0, 0, 0, 1]])
+    return pose
+
+
+def make_levels(split, num_levels):
+    """Level id -> (ball centres xy, ball colours, target ball), drawn from an RNG seeded by
+    (split, level id), so a level is the same every time and in every run. Centres lie in the
+    0.5 m x 0.6 m region and MIN_BALL_GAP or more apart."""
+    balls = np.zeros((num_levels, NUM_BALLS, 2))
+    colours = np.zeros((num_levels, NUM_BALLS), np.int64)  # index into BALL_COLOURS
+    goals = np.zeros(num_levels, np.int64)
+    low, high = np.array(BALL_REGION).T
+    for level in range(num_levels):
+        rng = np.random.default_rng([SPLITS[split], level])
+        while True:  # rejection sampling, 32 candidates at a time
+            centres = rng.uniform(low, high, (32, NUM_BALLS, 2))
+            gaps = np.linalg.norm(centres[:, :, None] - centres[:, None], axis=-1)[:, *np.triu_indices(NUM_BALLS, 1)]
+            spread = gaps.min(1) >= MIN_BALL_GAP
+            if spread.any():
+                balls[level] = centres[spread.argmax()]
+                break
+        colours[level] = rng.permutation(NUM_BALLS)
+        goals[level] = rng.integers(NUM_BALLS)
+    return dict(balls=balls, colours=colours, goals=goals)
+
+
+class UR5Reacher(gym.Env):
+    """The UR5 on a table with 3 balls, one PyBullet DIRECT client. `reset(options={"level": i})`
+    picks the level; without it a level of `levels` is drawn from the env's RNG. An action
+    moves the end-effector target by MOVES[action] (clipped to the workspace box); the joints go
+    to the IK solution. `info["hit"]` is the ball touched (-1 for none), `info["success"]`
+    whether it was the target, `info["ee"]` the end effector's position (not in the observation)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, levels, obs_size=64, max_episode_steps=80, render_mode=None):
+        self.levels, self.obs_size, self.max_episode_steps = levels, obs_size, max_episode_steps
+        self.render_mode, self.level = render_mode, 0
+        self.observation_space = gym.spaces.Box(0, 255, (obs_size, obs_size, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(len(MOVES))
+        self.client = p.connect(p.DIRECT)
+        c = self.client
+        self.robot = p.loadURDF(write_urdf(), useFixedBase=True, physicsClientId=c)
+        table = p.createVisualShape(p.GEOM_BOX, halfExtents=[0.55, 0.55, 0.02], rgbaColor=[0.82, 0.7, 0.55, 1], physicsClientId=c)
+        p.createMultiBody(0, -1, table, basePosition=[0.45, 0.0, -0.02], physicsClientId=c)
+        self.balls = []
+        for colour in BALL_COLOURS:
+            sphere = p.createVisualShape(p.GEOM_SPHERE, radius=BALL_RADIUS, rgbaColor=[*colour, 1], physicsClientId=c)
+            self.balls.append(p.createMultiBody(0, -1, sphere, basePosition=[0, 0, BALL_RADIUS], physicsClientId=c))
+        self.view = p.computeViewMatrix(CAMERA["eye"], CAMERA["target"], CAMERA["up"], physicsClientId=c)
+        self.projection = p.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, 0.1, 3.0, physicsClientId=c)
+        self.set_joints(HOME_Q)
+        self.start_q = self.inverse_kinematics(EE_START)  # the same joints at every episode start
+
+    def set_joints(self, q):
+        for joint, angle in enumerate(q):
+            p.resetJointState(self.robot, joint, angle, physicsClientId=self.client)
+
+    def end_effector(self):
+        state = p.getLinkState(self.robot, EE_LINK, computeForwardKinematics=True, physicsClientId=self.client)
+        return np.array(state[4])
+
+    def inverse_kinematics(self, target):
+        """Joints that put the flange at `target`, tool down, starting from the current joints;
+        PyBullet's IK is re-run from its own answer until the error is below 1 mm (at most 4 times)."""
+        for _ in range(4):
+            q = p.calculateInverseKinematics(
+                self.robot, EE_LINK, target, TOOL_DOWN, maxNumIterations=100, residualThreshold=1e-5,
+                physicsClientId=self.client,
+            )
+            self.set_joints(q)
+            if np.linalg.norm(self.end_effector() - target) < 1e-3:
+                break
+        return q
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if options and "level" in options:
+            self.level = int(options["level"])
+        else:
+            self.level = int(self.np_random.integers(len(self.levels["goals"])))
+        for ball, (x, y), colour in zip(self.balls, self.levels["balls"][self.level], self.levels["colours"][self.level]):
+            p.resetBasePositionAndOrientation(ball, [x, y, BALL_RADIUS], [0, 0, 0, 1], physicsClientId=self.client)
+            p.changeVisualShape(ball, -1, rgbaColor=[*BALL_COLOURS[colour], 1], physicsClientId=self.client)
+        self.centres = np.concatenate([self.levels["balls"][self.level], np.full((NUM_BALLS, 1), BALL_RADIUS)], 1)
+        self.goal = int(self.levels["goals"][self.level])
+        self.set_joints(self.start_q)
+        self.target, self.steps = EE_START.copy(), 0
+        return self.render(), {"level": self.level}
+
+    def step(self, action):
+        self.target = np.clip(self.target + MOVES[int(action)], WORKSPACE_LOW, WORKSPACE_HIGH)
+        self.inverse_kinematics(self.target)
+        ee = self.end_effector()
+        self.steps += 1
+        distance = np.linalg.norm(self.centres - ee, axis=1)
+        hit = int(distance.argmin()) if distance.min() <= BALL_RADIUS + TOUCH_TOLERANCE else -1
+        reward = 0.0 if hit < 0 else GOAL_REWARD if hit == self.goal else TRAP_REWARD
+        terminated = hit >= 0
+        truncated = not terminated and self.steps >= self.max_episode_steps
+        return self.render(), reward, terminated, truncated, {"hit": hit, "success": hit == self.goal, "ee": ee}
+
+    def render(self):
+        _, _, rgba, _, _ = p.getCameraImage(
+            self.obs_size, self.obs_size, self.view, self.projection, shadow=0,
+            renderer=p.ER_TINY_RENDERER, flags=p.ER_NO_SEGMENTATION_MASK, physicsClientId=self.client,
+        )
+        return np.asarray(rgba, np.uint8).reshape(self.obs_size, self.obs_size, 4)[..., :3]
+
+    def close(self):
+        if self.client is not None and p.isConnected(self.client):
+            p.disconnect(self.client)
+        self.client = None
+
+
+class TrialWorker(gym.Env):
+    """One worker's share of the rollout: `num_envs` reachers stepped one after another. An episode
+    that ends restarts the same level at once, so the trial goes on; per-env rewards and episode
+    ends travel in `info`, and the worker itself never ends. `reset(options={"split", "levels"})`
+    starts new trials; `levels` lists every env of the vector, the worker takes its own slice."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, index, num_envs, level_sets, obs_size=64, max_episode_steps=80):
+        self.index, self.num_envs, self.level_sets = index, num_envs, level_sets
+        self.envs = [UR5Reacher(level_sets["train"], obs_size, max_episode_steps) for _ in range(num_envs)]
+        self.observation_space = gym.spaces.Box(0, 255, (num_envs, obs_size, obs_size, 3), np.uint8)
+        self.action_space = gym.spaces.MultiDiscrete([len(MOVES)] * num_envs)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        mine = np.asarray(options["levels"])[self.index * self.num_envs : (self.index + 1) * self.num_envs]
+        frames = []
+        for env, level in zip(self.envs, mine):
+            env.levels = self.level_sets[options["split"]]
+            frames.append(env.reset(options={"level": int(level)})[0])
+        return np.stack(frames), {}
+
+    def step(self, actions):
+        frames = np.zeros(self.observation_space.shape, np.uint8)
+        out = {key: np.zeros(self.num_envs, dtype) for key, dtype in
+               (("reward", np.float32), ("terminated", bool), ("truncated", bool), ("hit", np.int64), ("success", bool))}
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
+            frames[i], out["reward"][i], out["terminated"][i], out["truncated"][i], info = env.step(int(action))
+            out["hit"][i], out["success"][i] = info["hit"], info["success"]
+            if out["terminated"][i] or out["truncated"][i]:
+                frames[i] = env.reset(options={"level": env.level})[0]
+        return frames, 0.0, False, False, out
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+class ReacherVector:
+    """The rollout's `num_envs` reachers, in `num_workers` processes (0: in this one), with the
+    interface of grid_failmem.py's BatchedGridWorld: `set_levels` starts a trial per env,
+    `step` returns batched frames, rewards, episode ends and hits."""
+
+    def __init__(self, level_sets, num_envs, num_workers, obs_size=64, max_episode_steps=80):
+        self.num_envs = num_envs
+        workers = max(num_workers, 1)
+        make = [
+            (lambda i=i: TrialWorker(i, num_envs // workers, level_sets, obs_size, max_episode_steps))
+            for i in range(workers)
+        ]
+        # fork: each worker opens its own PyBullet clients after the fork; starts in a fraction of a second
+        self.workers = gym.vector.AsyncVectorEnv(make, context="fork") if num_workers else make[0]()
+
+    def set_levels(self, level_ids, split="train"):
+        frames, _ = self.workers.reset(options={"split": split, "levels": np.asarray(level_ids)})
+        return frames.reshape(self.num_envs, *frames.shape[-3:])
+
+    def step(self, actions):
+        if isinstance(self.workers, TrialWorker):
+            frames, _, _, _, info = self.workers.step(actions)
+        else:
+            frames, _, _, _, info = self.workers.step(actions.reshape(self.workers.num_envs, -1))
+            info = {key: value.reshape(-1) for key, value in info.items() if not key.startswith("_")}
+        frames = frames.reshape(self.num_envs, *frames.shape[-3:])
+        return frames, info["reward"], info["terminated"], info["truncated"], {"hit": info["hit"], "success": info["success"]}
+
+    def close(self):
+        self.workers.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory bank (Sec. 2, DESIGN.md Sec. 4): per level a FIFO of the last L steps of failed episodes
+# ---------------------------------------------------------------------------------------------
+class MemoryBank:
+    """`banks[level]` holds at most N trajectories of (frames, actions, rewards, valid), each L
+    steps long and padded at the front when its episode was shorter. Frames are bounded by
+    `ram_bytes`: past it, the bank of the least recently used level is dropped whole."""
+
+    def __init__(self, mem_size, mem_len, obs_shape, ram_bytes):
+        self.mem_size, self.mem_len, self.obs_shape, self.ram_bytes = mem_size, mem_len, obs_shape, ram_bytes
+        self.traj_bytes = mem_len * int(np.prod(obs_shape))
+        self.banks = OrderedDict()
+        self.num_trajectories = 0
+        self.evicted_levels = 0
+
+    def add(self, level, frames, actions, rewards):
+        """Store the last L steps of one failed episode of `level` (Sec. 2: failures only)."""
+        frames, actions, rewards = frames[-self.mem_len :], actions[-self.mem_len :], rewards[-self.mem_len :]
+        pad = self.mem_len - len(actions)
+        trajectory = (
+            np.concatenate([np.zeros((pad, *self.obs_shape), np.uint8), frames]),
+            np.concatenate([np.zeros(pad, np.int64), actions]),
+            np.concatenate([np.zeros(pad, np.float32), rewards]),
+            np.arange(self.mem_len) >= pad,
+        )
+        bank = self.banks.setdefault(level, [])
+        bank.append(trajectory)
+        self.num_trajectories += 1
+        if len(bank) > self.mem_size:
+            bank.pop(0)
+            self.num_trajectories -= 1
+        self.banks.move_to_end(level)
+        while self.nbytes > self.ram_bytes and len(self.banks) > 1:
+            _, dropped = self.banks.popitem(last=False)
+            self.num_trajectories -= len(dropped)
+            self.evicted_levels += 1
+
+    @property
+    def nbytes(self):
+        return self.num_trajectories * self.traj_bytes
+
+    def get(self, levels):
+        """The banks of `levels` as arrays: frames (B, N, L, H, W, 3), actions and rewards
+        (B, N, L), valid steps (B, N, L); an empty slot has no valid step."""
+        n, length = self.mem_size, self.mem_len
+        frames = np.zeros((len(levels), n, length, *self.obs_shape), np.uint8)
+        actions = np.zeros((len(levels), n, length), np.int64)
+        rewards = np.zeros((len(levels), n, length), np.float32)
+        valid = np.zeros((len(levels), n, length), bool)
+        for i, level in enumerate(levels):
+            for j, trajectory in enumerate(self.banks.get(level, ())):
+                frames[i, j], actions[i, j], rewards[i, j], valid[i, j] = trajectory
+            if level in self.banks:
+                self.banks.move_to_end(level)
+        return frames, actions, rewards, valid
+
+
+def failed_episodes(terminated, truncated, success):
+    """Yield (env, start, end) of each failed episode in a rollout of shape (envs, steps):
+    one that ended at a trap or ran its step limit (f(tau) = 0). The episode still running when
+    the trial ends is cut off, neither a success nor a failure."""
+    num_envs, num_steps = terminated.shape
+    for env in range(num_envs):
+        start = 0
+        for t in range(num_steps):
+            if terminated[env, t] or truncated[env, t]:
+                if not success[env, t]:
+                    yield env, start, t + 1
+                start = t + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent (Sec. 2.1-2.3): CNN -> Phi, trajectory embedding, memory read, SNAIL, heads
+# ---------------------------------------------------------------------------------------------
+class Agent(nn.Module):
+    def __init__(self, args, num_actions):
+        super().__init__()
+        self.num_actions, self.use_memory = num_actions, args.agent == "memory"
+        self.embed_dim = embed_dim = args.embed_dim
+        self.cnn = ImpalaCNN(args.obs_size, out_dim=256)
+        # v'_o = MLP(CNN(o_t)): the query of the memory read and the observation input of SNAIL
+        self.obs_embed = nn.Sequential(layer_init(nn.Linear(256, embed_dim)), nn.ReLU())
+        # SNAIL's input per step: v'_o, previous action, previous reward, episode-start flag
+        self.snail = SNAIL(embed_dim + num_actions + 2, embed_dim, seq_len=args.trial_len)
+        self.trial_mlp = nn.Sequential(layer_init(nn.Linear(embed_dim, embed_dim)), nn.ReLU())
+        if self.use_memory:
+            # Phi(o, a, r) of a stored step (Sec. 2.1)
+            self.step_embed = nn.Sequential(
+                layer_init(nn.Linear(256 + num_actions + 1, embed_dim)),
+                nn.ReLU(),
+                layer_init(nn.Linear(embed_dim, embed_dim)),
+            )
+            self.traj_embed = TrajectoryEmbedding(embed_dim, args.num_heads, num_layers=2, max_len=args.mem_len)
+            self.memory_read = MemoryReader(embed_dim, args.num_heads)
+        # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3)
+        head_in = 2 * embed_dim if self.use_memory else embed_dim
+        self.trunk = nn.Sequential(layer_init(nn.Linear(head_in, 256)), nn.ReLU())
+        self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(256, 1), std=1.0)
+
+    def embed_memory(self, frames, actions, rewards, valid):
+        """Sec. 2.1: v_tau for every slot of the banks (B, N, ...) -> (B, N, E) and the slots
+        that hold a trajectory. Only filled slots go through the CNN and the Transformer."""
+        slots = valid.any(-1)
+        memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
+        if slots.any():
+            features = self.cnn(frames[slots])
+            steps = torch.cat(
+                [features, F.one_hot(actions[slots], self.num_actions).float(), rewards[slots, :, None]], -1
+            )
+            memory[slots] = self.traj_embed(self.step_embed(steps), valid[slots])
+        return memory, slots
+
+    def trial_input(self, obs_embed, prev_actions, prev_rewards, episode_starts):
+        onehot = F.one_hot(prev_actions, self.num_actions).float()
+        return torch.cat([obs_embed, onehot, prev_rewards[..., None], episode_starts[..., None].float()], -1)
+
+    def heads(self, trial_features, obs_embed, memory, slots):
+        hidden = self.trial_mlp(trial_features)
+        if self.use_memory:
+            query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
+            m_o = self.memory_read(query, memory, slots).reshape(obs_embed.shape)
+            hidden = torch.cat([hidden, m_o], -1)
+        hidden = self.trunk(hidden)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+    def step(self, frames, prev_actions, prev_rewards, episode_starts, cache, t, memory, slots):
+        """One step of every env, position t of its trial: logits and value (rollout, eval)."""
+        obs_embed = self.obs_embed(self.cnn(frames))
+        trial_features = self.snail.step(self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts), cache, t)
+        return self.heads(trial_features, obs_embed, memory, slots)
+
+    def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, bank, actions=None):
+        """Whole trials (B, T, ...) at once, as the PPO update sees them."""
+        obs_embed = self.obs_embed(self.cnn(frames))
+        trial_features = self.snail(self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts))
+        memory, slots = self.embed_memory(*bank) if self.use_memory else (None, None)
+        logits, values = self.heads(trial_features, obs_embed, memory, slots)
+        dist = Categorical(logits=logits)
+        if actions is None:
+            actions = dist.sample()
+        return actions, dist.log_prob(actions), dist.entropy(), values
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (Sec. 3.1.2): held-out levels, empty bank, 5 greedy episodes, failures stored as
+# they happen; success of episode k, mean return and the error modes of Fig. 3c/d
+# ---------------------------------------------------------------------------------------------
+ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")
+
+
+def error_modes(success, hits):
+    """Per level over its episodes (Fig. 3c/d): success in any episode; else no ball hit in any;
+    else the same trap hit in every episode; else different end states."""
+    solved = success.any(1)
+    no_hit = ~solved & (hits < 0).all(1)
+    end_same = ~solved & ~no_hit & (hits == hits[:, :1]).all(1)
+    end_diff = ~solved & ~no_hit & ~end_same
+    return dict(zip(ERROR_MODES, (solved, end_diff, end_same, no_hit)))
+
+
+def bayes_optimal(num_blocks, episodes):
+    """An agent that reaches straight for an untried ball each episode: min(k, X) / X."""
+    return [min(k, num_blocks) / num_blocks for k in range(1, episodes + 1)]
+
+
+@torch.no_grad()
+def evaluate(agent, args, envs, level_ids, device, video_path=None):
+    """Run `eval_episodes` greedy episodes on each held-out level, `envs.num_envs` levels side
+    by side (the rollout's envs; the last chunk is padded with repeats that are not counted);
+    returns per-level arrays."""
+    episodes, limit = args.eval_episodes, args.trial_len
+    success = np.zeros((len(level_ids), episodes), bool)
+    hits = np.full((len(level_ids), episodes), -1)
+    returns = np.zeros(len(level_ids))
+    video_frames = []
+    num_envs = envs.num_envs
+    for chunk_start in range(0, len(level_ids), num_envs):
+        chunk = level_ids[chunk_start : chunk_start + num_envs]
+        counted = len(chunk)
+        chunk = np.resize(chunk, num_envs)
+        rows = np.arange(num_envs)
+        frames = envs.set_levels(chunk, split="test")
+        bank = MemoryBank(args.mem_size, args.mem_len, frames.shape[1:], float("inf"))
+        cache = agent.snail.init_cache(num_envs, episodes * limit, device)
+        episode = np.zeros(num_envs, np.int64)
+        episode[counted:] = episodes  # padding envs count as done
+        # the current episode of every env, kept to store it in the bank if it fails
+        ep_frames = np.zeros((num_envs, limit, *frames.shape[1:]), np.uint8)
+        ep_actions = np.zeros((num_envs, limit), np.int64)
+        ep_rewards = np.zeros((num_envs, limit), np.float32)
+        ep_len = np.zeros(num_envs, np.int64)
+        prev_actions = torch.zeros(num_envs, dtype=torch.long, device=device)
+        prev_rewards = torch.zeros(num_envs, device=device)
+        starts = torch.ones(num_envs, device=device)
+        bank_changed, memory, slots = True, None, None
+        for t in range(episodes * limit):
+            if agent.use_memory and bank_changed:
+                # a bank per env slot (a padding env may repeat a level)
+                memory, slots = agent.embed_memory(*[torch.as_tensor(x, device=device) for x in bank.get(rows)])
+                bank_changed = False
+            obs = torch.as_tensor(frames, device=device)
+            logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, cache, t, memory, slots)
+            actions = logits.argmax(-1).cpu().numpy()
+            if video_path is not None and chunk_start == 0:
+                video_frames.append(video_frame(frames[:3], bank.get(rows[:3])[0], episode[:3]))
+            ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
+            frames, rewards, terminated, truncated, info = envs.step(actions)
+            ep_rewards[rows, ep_len] = rewards
+            ep_len += 1
+            running = episode < episodes
+            returns[chunk_start + rows[running]] += rewards[running]
+            for i in np.flatnonzero((terminated | truncated) & running):
+                success[chunk_start + i, episode[i]] = info["success"][i]
+                hits[chunk_start + i, episode[i]] = info["hit"][i]
+                if not info["success"][i]:  # at test a failure enters the bank as it happens
+                    n = ep_len[i]
+                    bank.add(i, ep_frames[i, :n], ep_actions[i, :n], ep_rewards[i, :n])
+                    bank_changed = True
+                episode[i] += 1
+            ep_len[terminated | truncated] = 0
+            if (episode >= episodes).all():
+                break
+            prev_actions = torch.as_tensor(actions, device=device)
+            prev_rewards = torch.as_tensor(rewards, dtype=torch.float32, device=device)
+            starts = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+    if video_path is not None:
+        write_video(video_path, video_frames)
+    return dict(success=success, hits=hits, returns=returns)
+
+
+def summarize(result, num_blocks):
+    per_episode = result["success"].mean(0)
+    summary = {f"success_ep{k + 1}": float(s) for k, s in enumerate(per_episode)}
+    summary["mean_success"] = float(per_episode.mean())
+    summary["mean_return"] = float(result["returns"].mean())
+    summary.update({mode: float(v.mean()) for mode, v in error_modes(result["success"], result["hits"]).items()})
+    summary["bayes_optimal_mean"] = float(np.mean(bayes_optimal(num_blocks, len(per_episode))))
+    return summary
+
+
+def print_table(summary, num_blocks, title):
+    episodes = sum(key.startswith("success_ep") for key in summary)
+    optimal = bayes_optimal(num_blocks, episodes)
+    print(f"\n{title}")
+    print("episode        " + " ".join(f"{k:>6}" for k in range(1, episodes + 1)) + "   mean")
+    print("success        " + " ".join(f"{summary[f'success_ep{k}']:6.3f}" for k in range(1, episodes + 1)), end="")
+    print(f" {summary['mean_success']:6.3f}")
+    print("bayes-optimal  " + " ".join(f"{p:6.3f}" for p in optimal) + f" {np.mean(optimal):6.3f}")
+    print(f"mean return {summary['mean_return']:.3f} | " + " | ".join(f"{m} {summary[m]:.3f}" for m in ERROR_MODES))
+
+
+def video_frame(frames, bank_frames, episode):
+    """The agent's view (left, enlarged) beside the frames in its bank (one row per stored
+    failure, its last steps left to right), for a few test levels stacked vertically."""
+    tile = 32
+    rows = []
+    for view, bank, k in zip(frames, bank_frames, episode):
+        size = frames.shape[1]
+        big = view.repeat(4 * tile // size, 0).repeat(4 * tile // size, 1)
+        stored = bank[:4, -6:]  # up to 4 failures, their last 6 steps
+        small = stored.repeat(tile // size, 2).repeat(tile // size, 3) if size <= tile else stored[:, :, ::2, ::2]
+        grid = np.full((4 * tile, 6 * tile, 3), 128, np.uint8)
+        grid[: small.shape[0] * tile, : small.shape[1] * tile] = (
+            small.transpose(0, 2, 1, 3, 4).reshape(small.shape[0] * tile, small.shape[1] * tile, 3)
+        )
+        rows.append(np.concatenate([big, np.full((4 * tile, 4, 3), 255, np.uint8), grid], 1))
+    return np.concatenate(rows, 0)
+
+
+def write_video(path, frames):
+    import imageio.v2 as imageio
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    imageio.mimsave(path, frames, duration=0.1)
+
+
+def log_eval(writer, summary, global_step):
+    for key, value in summary.items():
+        writer.add_scalar(f"eval/{key}", value, global_step)
+
+
+def wandb_mode():
+    """Online with a W&B login, else offline with a message, never an interactive prompt."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    print("W&B: no login found (run `wandb login` or set WANDB_API_KEY); logging offline, `wandb sync` uploads later")
+    return "offline"
+
+
+def load_checkpoint(path, args, num_actions, device):
+    """Rebuild the agent the checkpoint was trained as; its architecture flags win."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    for key in ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads"):
+        setattr(args, key, checkpoint["args"][key])
+    agent = Agent(args, num_actions).to(device)
+    agent.load_state_dict(checkpoint["model"])
+    return agent
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    args.batch_size = args.num_envs * args.trial_len
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    run_name = f"reacher__{args.exp_name}__{args.agent}__{args.seed}__{int(time.time())}"
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads or os.cpu_count())
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    level_rng = np.random.default_rng(args.seed)
+
+    level_sets = {"train": make_levels("train", args.num_train_levels), "test": make_levels("test", args.num_test_levels)}
+    num_actions = len(MOVES)
+
+    if args.eval_only:
+        agent = load_checkpoint(args.checkpoint, args, num_actions, device)
+        envs = ReacherVector(level_sets, args.num_envs, args.num_workers, args.obs_size, args.trial_len)
+        run_name = f"reacher__{args.exp_name}__eval__{args.agent}__{int(time.time())}"
+        writer = SummaryWriter(f"runs/{run_name}")
+        video = f"videos/{run_name}/eval.gif" if args.capture_video else None
+        result = evaluate(agent, args, envs, np.arange(args.num_test_levels), device, video)
+        summary = summarize(result, NUM_BALLS)
+        log_eval(writer, summary, 0)
+        print_table(summary, NUM_BALLS, f"{args.checkpoint}: {args.num_test_levels} held-out levels")
+        writer.close()
+        envs.close()
+        sys.exit(0)
+
+    # logging
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            mode=wandb_mode(),
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    envs = ReacherVector(level_sets, args.num_envs, args.num_workers, args.obs_size, args.trial_len)
+    obs_shape = (args.obs_size, args.obs_size, 3)
+    memory_bank = MemoryBank(args.mem_size, args.mem_len, obs_shape, args.bank_ram_mb * 2**20)
+
+    agent = Agent(args, num_actions).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates")
+
+    # storage: one whole trial per env
+    shape = (args.num_envs, args.trial_len)
+    frames_buf = torch.zeros(*shape, *obs_shape, dtype=torch.uint8)
+    actions_buf = torch.zeros(shape, dtype=torch.long)
+    logprobs_buf, rewards_buf, values_buf = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
+    prev_actions_buf, prev_rewards_buf, starts_buf = torch.zeros(shape, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
+    terminated_buf, truncated_buf, success_buf = (np.zeros(shape, bool) for _ in range(3))
+
+    global_step = 0
+    start_time = time.time()
+    for iteration in range(1, args.num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
+
+        # rollout: one trial of T steps per env on a freshly drawn training level
+        levels = level_rng.integers(args.num_train_levels, size=args.num_envs)
+        frames = envs.set_levels(levels)
+        bank = [torch.as_tensor(x) for x in memory_bank.get(levels)]  # the bank as it was when the trial began
+        with torch.no_grad():
+            # Sec. 2.1: trajectory embeddings once per trial, not per step
+            memory, slots = agent.embed_memory(*[x.to(device) for x in bank]) if agent.use_memory else (None, None)
+            cache = agent.snail.init_cache(args.num_envs, args.trial_len, device)
+            prev_actions = torch.zeros(args.num_envs, dtype=torch.long)
+            prev_rewards, starts = torch.zeros(args.num_envs), torch.ones(args.num_envs)
+            for t in range(args.trial_len):
+                frames_buf[:, t] = torch.from_numpy(frames)
+                prev_actions_buf[:, t], prev_rewards_buf[:, t], starts_buf[:, t] = prev_actions, prev_rewards, starts
+                logits, value = agent.step(
+                    frames_buf[:, t].to(device), prev_actions.to(device), prev_rewards.to(device),
+                    starts.to(device), cache, t, memory, slots,
+                )
+                dist = Categorical(logits=logits)
+                action = dist.sample()
+                actions_buf[:, t], logprobs_buf[:, t], values_buf[:, t] = action.cpu(), dist.log_prob(action).cpu(), value.cpu()
+                frames, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                rewards_buf[:, t] = torch.from_numpy(reward)
+                terminated_buf[:, t], truncated_buf[:, t], success_buf[:, t] = terminated, truncated, info["success"]
+                prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
+                starts = torch.from_numpy((terminated | truncated).astype(np.float32))
+        global_step += args.batch_size
+
+        # Sec. 2: the trial's failed episodes enter their level's bank at the end of the trial
+        for env, begin, end in failed_episodes(terminated_buf, truncated_buf, success_buf):
+            memory_bank.add(levels[env], frames_buf[env, begin:end].numpy(), actions_buf[env, begin:end].numpy(),
+                            rewards_buf[env, begin:end].numpy())
+
+        # GAE over the trial: episodes inside it are not terminal, the trial's end is
+        with torch.no_grad():
+            advantages = torch.zeros(shape)
+            last_gae = torch.zeros(args.num_envs)
+            for t in reversed(range(args.trial_len)):
+                next_value = values_buf[:, t + 1] if t + 1 < args.trial_len else torch.zeros(args.num_envs)
+                delta = rewards_buf[:, t] + args.gamma * next_value - values_buf[:, t]
+                last_gae = delta + args.gamma * args.gae_lambda * last_gae
+                advantages[:, t] = last_gae
+            returns = advantages + values_buf
+
+        # PPO epochs over whole trials
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            for idx in torch.randperm(args.num_envs).split(args.trials_per_minibatch):
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                    frames_buf[idx].to(device), prev_actions_buf[idx].to(device), prev_rewards_buf[idx].to(device),
+                    starts_buf[idx].to(device), [x[idx].to(device) for x in bank], actions_buf[idx].to(device),
+                )
+                mb_logprobs, mb_advantages = logprobs_buf[idx].to(device), advantages[idx].to(device)
+                mb_returns, mb_values = returns[idx].to(device), values_buf[idx].to(device)
+                logratio = newlogprob - mb_logprobs
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                pg_loss = torch.max(
+                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
+                if args.clip_vloss:
+                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = values_buf.flatten().numpy(), returns.flatten().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # logging
+        episodes_done = terminated_buf.sum() + truncated_buf.sum()
+        train_success = success_buf.sum() / max(episodes_done, 1)
+        trial_return = rewards_buf.sum(1).mean().item()
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/trial_return", trial_return, global_step)
+        writer.add_scalar("charts/episode_success", train_success, global_step)
+        writer.add_scalar("charts/episodes_per_trial", episodes_done / args.num_envs, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("memory/bank_levels", len(memory_bank.banks), global_step)
+        writer.add_scalar("memory/bank_trajectories", memory_bank.num_trajectories, global_step)
+        writer.add_scalar("memory/bank_mb", memory_bank.nbytes / 2**20, global_step)
+        writer.add_scalar("memory/evicted_levels", memory_bank.evicted_levels, global_step)
+        writer.add_scalar("memory/filled_slots_per_trial", bank[3].any(-1).sum(1).float().mean().item(), global_step)
+        print(
+            f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} | "
+            f"trial return {trial_return:.2f} | episode success {train_success:.3f} | "
+            f"bank {memory_bank.num_trajectories} trajectories, {memory_bank.nbytes / 2**20:.1f} MiB"
+        )
+
+        # periodic evaluation on held-out levels
+        final = iteration == args.num_iterations
+        if final or (args.eval_every and iteration % args.eval_every == 0):
+            num_levels = args.num_test_levels if final else min(args.eval_levels, args.num_test_levels)
+            video = f"videos/{run_name}/step{global_step}.gif" if args.capture_video else None
+            agent.eval()
+            result = evaluate(agent, args, envs, np.arange(num_levels), device, video)
+            agent.train()
+            summary = summarize(result, NUM_BALLS)
+            log_eval(writer, summary, global_step)
+            print_table(summary, NUM_BALLS, f"evaluation at step {global_step} on {num_levels} held-out levels")
+
+    checkpoint = f"runs/{run_name}/agent.pt"
+    torch.save({"model": agent.state_dict(), "args": vars(args)}, checkpoint)
+    print(f"checkpoint: {checkpoint}")
+    writer.close()
+    envs.close()
+
