@@ -211,22 +211,19 @@ def block_palette(num_blocks):
 
 
 def make_levels(split, num_levels, grid_size, num_blocks):
-    """Level id -> (agent start, block cells, block colours, goal block), each drawn from an RNG
-    seeded by (split, level id), so a level is the same every time and in every run."""
+    """Level id -> (agent start, block cells, block colours, goal block). Row i of each table is
+    drawn from streams seeded by the split alone, in level order, so level i is the same every
+    time, whatever the number of levels asked for; train and test use different seeds."""
+    streams = [np.random.default_rng([SPLITS[split], k]) for k in range(3)]
+    cells = streams[0].random((num_levels, grid_size * grid_size)).argsort(1)[:, : num_blocks + 1]
+    rows, cols = np.divmod(cells, grid_size)
     palette = block_palette(num_blocks).astype(np.uint8)
-    starts = np.zeros((num_levels, 2), np.int64)
-    blocks = np.zeros((num_levels, num_blocks, 2), np.int64)
-    colours = np.zeros((num_levels, num_blocks, 3), np.uint8)
-    goals = np.zeros(num_levels, np.int64)
-    for level in range(num_levels):
-        rng = np.random.default_rng([SPLITS[split], level])
-        cells = rng.choice(grid_size * grid_size, num_blocks + 1, replace=False)
-        rows, cols = np.divmod(cells, grid_size)
-        starts[level] = rows[0], cols[0]
-        blocks[level] = np.stack([rows[1:], cols[1:]], 1)
-        colours[level] = palette[rng.permutation(num_blocks)]
-        goals[level] = rng.integers(num_blocks)
-    return dict(starts=starts, blocks=blocks, colours=colours, goals=goals)
+    return dict(
+        starts=np.stack([rows[:, 0], cols[:, 0]], 1),
+        blocks=np.stack([rows[:, 1:], cols[:, 1:]], 2),
+        colours=palette[streams[1].random((num_levels, num_blocks)).argsort(1)],
+        goals=streams[2].integers(num_blocks, size=num_levels),
+    )
 
 
 class GridWorld(gym.Env):

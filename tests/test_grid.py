@@ -1,0 +1,429 @@
+"""grid_failmem.py: the gridworld's rules, the memory bank's rules, the agent, the evaluation,
+then end-to-end runs of the script on tiny settings in a subprocess."""
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grid_failmem as gf  # noqa: E402
+
+W, X = 16, 3
+LEFT, RIGHT, UP, DOWN = 0, 1, 2, 3
+
+
+def custom_levels(start, blocks, goal, grid_size=W):
+    """A one-level table with the given layout."""
+    num_blocks = len(blocks)
+    return dict(
+        starts=np.array([start]),
+        blocks=np.array([blocks]),
+        colours=gf.block_palette(num_blocks).astype(np.uint8)[None],
+        goals=np.array([goal]),
+    )
+
+
+# --- gridworld -----------------------------------------------------------------------------
+def test_moves_and_border():
+    env = gf.GridWorld(custom_levels((0, 0), [(5, 5), (6, 6), (7, 7)], 0))
+    env.reset(options={"level": 0})
+    for action, expected in [(LEFT, (0, 0)), (UP, (0, 0)), (RIGHT, (0, 1)), (DOWN, (1, 1)), (LEFT, (1, 0))]:
+        _, reward, terminated, truncated, _ = env.step(action)
+        assert env.agent == expected and reward == 0 and not terminated and not truncated
+    env = gf.GridWorld(custom_levels((W - 1, W - 1), [(5, 5), (6, 6), (7, 7)], 0))
+    env.reset(options={"level": 0})
+    env.step(RIGHT)
+    env.step(DOWN)
+    assert env.agent == (W - 1, W - 1)
+
+
+def test_goal_and_trap_rewards_end_the_episode():
+    levels = custom_levels((3, 3), [(3, 4), (3, 2), (2, 3)], goal=0)
+    env = gf.GridWorld(levels)
+    env.reset(options={"level": 0})
+    _, reward, terminated, truncated, info = env.step(RIGHT)
+    assert (reward, terminated, truncated, info["success"], info["hit"]) == (5.0, True, False, True, 0)
+    env.reset(options={"level": 0})
+    _, reward, terminated, truncated, info = env.step(LEFT)
+    assert (reward, terminated, truncated, info["success"], info["hit"]) == (-1.0, True, False, False, 1)
+
+
+def test_episode_step_limit_truncates():
+    env = gf.GridWorld(custom_levels((0, 0), [(5, 5), (6, 6), (7, 7)], 0), max_episode_steps=10)
+    env.reset(options={"level": 0})
+    for _ in range(9):
+        assert env.step(LEFT)[3] is False
+    _, reward, terminated, truncated, _ = env.step(LEFT)
+    assert truncated and not terminated and reward == 0
+
+
+def test_observation_draws_agent_and_blocks():
+    levels = custom_levels((1, 2), [(5, 5), (6, 6), (7, 7)], 0)
+    for obs_size in (16, 64):
+        env = gf.GridWorld(levels, obs_size=obs_size)
+        obs, _ = env.reset(options={"level": 0})
+        scale = obs_size // W
+        assert obs.shape == (obs_size, obs_size, 3) and obs.dtype == np.uint8
+        assert (obs[scale * 1 : scale * 2, scale * 2 : scale * 3] == 0).all()  # the agent, black
+        for (row, col), colour in zip(levels["blocks"][0], levels["colours"][0]):
+            assert (obs[scale * row : scale * (row + 1), scale * col : scale * (col + 1)] == colour).all()
+        assert (obs == 255).all(-1).sum() == (W * W - 4) * scale * scale  # the rest is free
+
+
+def test_goal_colour_is_not_in_the_picture():
+    # the goal is a uniform draw independent of the colours: no colour marks it
+    levels = gf.make_levels("train", 6000, W, X)
+    goal_colours = levels["colours"][np.arange(6000), levels["goals"]]
+    for colour in gf.block_palette(X).astype(np.uint8):
+        assert abs((goal_colours == colour).all(1).mean() - 1 / X) < 0.03
+    assert len({tuple(c) for c in gf.block_palette(X).astype(np.uint8)}) == X
+
+
+def test_levels_are_deterministic_and_independent_of_count():
+    a = gf.make_levels("train", 300, W, X)
+    b = gf.make_levels("train", 50, W, X)
+    for key in a:
+        assert (a[key][:50] == b[key]).all()
+    env = gf.GridWorld(a)
+    first, _ = env.reset(options={"level": 17})
+    env.step(RIGHT)
+    again, _ = env.reset(options={"level": 17})
+    assert (first == again).all()
+    # every level is a valid layout: X + 1 distinct cells inside the grid
+    cells = np.concatenate([a["starts"][:, None], a["blocks"]], 1)
+    assert ((cells >= 0) & (cells < W)).all()
+    assert all(len({tuple(c) for c in level}) == X + 1 for level in cells)
+
+
+def test_train_and_test_levels_never_overlap():
+    train = gf.make_levels("train", 40000, W, X)
+    test = gf.make_levels("test", 500, W, X)
+
+    def layouts(levels):
+        flat = [levels[k].reshape(len(levels["goals"]), -1) for k in ("starts", "blocks", "colours")]
+        return {row.tobytes() for row in np.concatenate(flat + [levels["goals"][:, None]], 1).astype(np.int64)}
+
+    assert len(layouts(test)) == 500
+    assert not layouts(train) & layouts(test)
+
+
+def test_single_and_batched_envs_agree():
+    levels = gf.make_levels("train", 20, W, X)
+    rng = np.random.default_rng(0)
+    level_ids = np.array([3, 7, 7, 12, 0, 19])
+    for obs_size in (16, 32):
+        batched = gf.BatchedGridWorld(levels, len(level_ids), W, obs_size, max_episode_steps=30)
+        singles = [gf.GridWorld(levels, W, obs_size, max_episode_steps=30) for _ in level_ids]
+        obs_b = batched.set_levels(level_ids)
+        obs_s = np.stack([env.reset(options={"level": int(i)})[0] for env, i in zip(singles, level_ids)])
+        assert (obs_b == obs_s).all()
+        dones = 0
+        for _ in range(200):
+            actions = rng.integers(4, size=len(level_ids))
+            obs_b, rew_b, term_b, trunc_b, info_b = batched.step(actions)
+            for i, env in enumerate(singles):
+                obs, reward, terminated, truncated, info = env.step(int(actions[i]))
+                assert (reward, terminated, truncated) == (rew_b[i], term_b[i], trunc_b[i])
+                assert info["hit"] == info_b["hit"][i] and info["success"] == info_b["success"][i]
+                if terminated or truncated:  # the batched env restarts the level at once
+                    obs, _ = env.reset(options={"level": int(level_ids[i])})
+                    dones += 1
+                assert (obs == obs_b[i]).all()
+        assert dones > 0
+
+
+def test_batched_env_set_levels_of_some_envs():
+    levels = gf.make_levels("train", 20, W, X)
+    batched = gf.BatchedGridWorld(levels, 3, W, 16)
+    batched.set_levels(np.array([1, 2, 3]))
+    batched.step(np.array([0, 0, 0]))
+    obs = batched.set_levels(np.array([5]), env_ids=np.array([1]))
+    single = gf.GridWorld(levels)
+    assert (obs[1] == single.reset(options={"level": 5})[0]).all()
+    assert list(batched.level_ids) == [1, 5, 3]
+
+
+def test_env_checker():
+    env = gf.GridWorld(gf.make_levels("train", 10, W, X))
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs) and 0 <= info["level"] < 10
+
+
+# --- memory bank ---------------------------------------------------------------------------
+def trajectory(length, value, obs_shape=(4, 4, 3)):
+    frames = np.full((length, *obs_shape), value, np.uint8)
+    return frames, np.arange(length) % 4, np.full(length, -1.0, np.float32)
+
+
+def test_bank_is_a_fifo_of_the_last_L_steps():
+    bank = gf.MemoryBank(mem_size=3, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
+    for value in range(1, 6):
+        bank.add(7, *trajectory(10, value))
+    frames, actions, rewards, valid = bank.get([7, 8])
+    assert frames.shape == (2, 3, 4, 4, 4, 3)
+    assert [frames[0, j, 0, 0, 0, 0] for j in range(3)] == [3, 4, 5]  # oldest dropped first
+    assert (actions[0, 0] == np.arange(6, 10) % 4).all()  # the last L steps of the episode
+    assert valid[0].all() and not valid[1].any() and not frames[1].any()  # level 8 is empty
+    assert bank.num_trajectories == 3 and bank.nbytes == 3 * 4 * 4 * 4 * 3
+
+
+def test_bank_pads_short_episodes_at_the_front():
+    bank = gf.MemoryBank(mem_size=2, mem_len=6, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
+    bank.add(0, *trajectory(2, 9))
+    frames, actions, rewards, valid = bank.get([0])
+    assert valid[0, 0].tolist() == [False] * 4 + [True] * 2
+    assert (frames[0, 0, 4:] == 9).all() and not frames[0, 0, :4].any()
+    assert rewards[0, 0].tolist() == [0, 0, 0, 0, -1, -1]
+    assert not valid[0, 1].any()
+
+
+def test_bank_ram_bound_evicts_least_recently_used_level():
+    traj_bytes = 4 * 4 * 4 * 3
+    bank = gf.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * traj_bytes)
+    for level in (0, 1, 2):
+        bank.add(level, *trajectory(5, level + 1))
+    bank.get([0])  # reading level 0 makes level 1 the least recently used
+    bank.add(3, *trajectory(5, 4))
+    assert set(bank.banks) == {0, 2, 3} and bank.evicted_levels == 1
+    assert bank.nbytes <= 3 * traj_bytes
+
+
+def test_failed_episodes_are_failures_only_and_not_cut_off():
+    # env 0: trap at t=2, success at t=5, limit reached at t=8, cut off by the trial's end
+    # env 1: no episode ends at all (one cut-off episode)
+    terminated = np.zeros((2, 10), bool)
+    truncated = np.zeros((2, 10), bool)
+    success = np.zeros((2, 10), bool)
+    terminated[0, 2] = terminated[0, 5] = success[0, 5] = True
+    truncated[0, 8] = True
+    assert list(gf.failed_episodes(terminated, truncated, success)) == [(0, 0, 3), (0, 6, 9)]
+
+
+# --- agent ---------------------------------------------------------------------------------
+def small_args(**overrides):
+    args = gf.Args(obs_size=16, trial_len=12, mem_size=3, mem_len=4, embed_dim=16, num_heads=4)
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.mark.parametrize("agent_name", gf.AGENTS)
+def test_step_mode_matches_whole_trial(agent_name):
+    """The rollout's per-step outputs and the update's whole-trial outputs are the same numbers,
+    so PPO's first ratio is 1."""
+    torch.manual_seed(0)
+    args = small_args(agent=agent_name)
+    agent = gf.Agent(args, 4)
+    B, T = 3, args.trial_len
+    frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
+    prev_actions = torch.randint(0, 4, (B, T))
+    prev_rewards = torch.randn(B, T)
+    starts = (torch.rand(B, T) < 0.2).float()
+    bank = [
+        torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8),
+        torch.randint(0, 4, (B, 3, 4)),
+        torch.randn(B, 3, 4),
+        torch.ones(B, 3, 4, dtype=torch.bool),
+    ]
+    bank[3][0] = False  # env 0 has an empty bank
+    bank[3][1, 2] = False
+    bank[3][2, :, :2] = False
+    actions = torch.randint(0, 4, (B, T))
+    with torch.no_grad():
+        _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, bank, actions)
+        memory, slots = agent.embed_memory(*bank) if agent.use_memory else (None, None)
+        cache = agent.snail.init_cache(B, T)
+        for t in range(T):
+            logits, v = agent.step(frames[:, t], prev_actions[:, t], prev_rewards[:, t], starts[:, t], cache, t, memory, slots)
+            step_logprob = torch.log_softmax(logits, -1).gather(1, actions[:, t : t + 1]).squeeze(1)
+            assert torch.allclose(step_logprob, logprob[:, t], atol=1e-5)
+            assert torch.allclose(v, value[:, t], atol=1e-5)
+
+
+def test_memory_agent_reads_the_bank_and_snail_ignores_it():
+    torch.manual_seed(0)
+    B = 2
+    frames = torch.randint(0, 256, (B, 12, 16, 16, 3), dtype=torch.uint8)
+    zeros = torch.zeros(B, 12, dtype=torch.long), torch.zeros(B, 12), torch.zeros(B, 12)
+    empty = [torch.zeros(B, 3, 4, 16, 16, 3, dtype=torch.uint8), torch.zeros(B, 3, 4, dtype=torch.long),
+             torch.zeros(B, 3, 4), torch.zeros(B, 3, 4, dtype=torch.bool)]
+    full = [torch.randint(0, 256, empty[0].shape, dtype=torch.uint8), empty[1], -torch.ones(B, 3, 4),
+            torch.ones(B, 3, 4, dtype=torch.bool)]
+    actions = torch.zeros(B, 12, dtype=torch.long)
+    for name, changes in (("memory", True), ("snail", False)):
+        agent = gf.Agent(small_args(agent=name), 4)
+        with torch.no_grad():
+            out_empty = agent.get_action_and_value(frames, *zeros, empty, actions)[1]
+            out_full = agent.get_action_and_value(frames, *zeros, full, actions)[1]
+        assert (not torch.allclose(out_empty, out_full)) == changes
+
+
+# --- evaluation ----------------------------------------------------------------------------
+def test_error_modes_partition_the_levels():
+    success = np.array([[0, 0, 1, 1, 1], [0] * 5, [0] * 5, [0] * 5, [0] * 5], bool)
+    hits = np.array([[1, 2, 0, 0, 0], [-1] * 5, [2] * 5, [1, 1, 1, 1, 2], [-1, 1, 1, 1, 1]])
+    modes = gf.error_modes(success, hits)
+    assert modes["success"].tolist() == [True, False, False, False, False]
+    assert modes["no_hit"].tolist() == [False, True, False, False, False]
+    assert modes["fail_hit_end_same"].tolist() == [False, False, True, False, False]
+    assert modes["fail_hit_end_diff"].tolist() == [False, False, False, True, True]
+    assert (sum(m.astype(int) for m in modes.values()) == 1).all()
+
+
+def test_bayes_optimal_line():
+    assert gf.bayes_optimal(3, 5) == [1 / 3, 2 / 3, 1, 1, 1]
+    assert np.isclose(np.mean(gf.bayes_optimal(3, 5)), 0.8)
+
+
+class ScriptedAgent(torch.nn.Module):
+    """Walks to block k in episode k (an agent that never repeats a failed block when X = 3
+    and the blocks are visited in order): tests the evaluation loop, not a network."""
+
+    use_memory = True
+
+    def __init__(self, levels, level_ids):
+        super().__init__()
+        self.levels, self.level_ids = levels, level_ids
+        self.snail = type("S", (), {"init_cache": lambda *a: None})()
+        self.bank_sizes = []
+        self.episode = np.zeros(len(level_ids), np.int64)
+
+    def embed_memory(self, frames, actions, rewards, valid):
+        self.bank_sizes.append(valid.any(-1).sum(1).tolist())
+        return None, None
+
+    def step(self, frames, prev_actions, prev_rewards, starts, cache, t, memory, slots):
+        frames = frames.numpy()
+        self.episode += (starts.numpy() > 0) & (t > 0)
+        logits = torch.zeros(len(frames), 4)
+        for i, level in enumerate(self.level_ids):
+            row, col = np.argwhere((frames[i] == 0).all(-1))[0]
+            target = self.levels["blocks"][level][min(self.episode[i], 2)]
+            move = 3 if target[0] > row else 2 if target[0] < row else 1 if target[1] > col else 0
+            logits[i, move] = 1.0
+        return logits, torch.zeros(len(frames))
+
+
+def test_evaluation_stores_failures_as_they_happen():
+    # levels where the straight path to each block is free of other blocks
+    levels = custom_levels((0, 0), [(0, 5), (5, 5), (10, 10)], goal=2)
+    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=5, eval_envs=4)
+    agent = ScriptedAgent(levels, [0])
+    result = gf.evaluate(agent, args, levels, np.array([0]), "cpu")
+    # episodes 1, 2 hit the traps 0 and 1, episode 3 and later reach the goal
+    assert result["success"][0].tolist() == [False, False, True, True, True]
+    assert result["hits"][0].tolist() == [0, 1, 2, 2, 2]
+    assert result["returns"][0] == -1 - 1 + 5 * 3
+    assert agent.bank_sizes == [[0], [1], [2]]  # the bank grows after each failure, at once
+    summary = gf.summarize(result, 3)
+    assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
+
+
+# --- the script end to end -----------------------------------------------------------------
+TINY = ["--num-envs", "4", "--trial-len", "20", "--total-timesteps", "160", "--trials-per-minibatch", "2",
+        "--num-train-levels", "2", "--num-test-levels", "3", "--eval-episodes", "2", "--eval-every", "1",
+        "--eval-levels", "2", "--mem-size", "3", "--embed-dim", "16", "--threads", "1"]
+
+
+def run_script(*flags, cwd, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "grid_failmem.py"), *flags], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return [event.value for event in accumulator.Scalars(tag)]
+
+
+@pytest.mark.parametrize("agent_name", gf.AGENTS)
+def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
+    out = run_script("--agent", agent_name, "--capture-video", *TINY, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [run_dir] = glob.glob(str(tmp_path / "runs" / f"grid__*__{agent_name}__1__*"))
+    assert glob.glob(run_dir + "/events.out.tfevents.*")
+    assert len(scalars(run_dir, "losses/value_loss")) == 2
+    assert len(scalars(run_dir, "eval/mean_success")) == 2
+    assert scalars(run_dir, "memory/bank_trajectories")[-1] <= 2 * 3  # 2 levels, N = 3
+    assert len(glob.glob(str(tmp_path / "videos" / "*" / "*.gif"))) == 2
+    checkpoint = Path(run_dir) / "agent.pt"
+    assert checkpoint.exists()
+    out = run_script("--eval-only", "--checkpoint", str(checkpoint), "--num-test-levels", "3", "--eval-episodes", "2",
+                     "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "bayes-optimal" in out.stdout and "3 held-out levels" in out.stdout
+
+
+def test_same_seed_gives_the_same_losses_and_rollout_matches_update(tmp_path):
+    flags = [*TINY, "--update-epochs", "1", "--trials-per-minibatch", "4", "--eval-every", "0", "--seed", "7"]
+    runs = []
+    for name in ("a", "b"):
+        assert run_script(*flags, "--exp-name", name, cwd=tmp_path).returncode == 0
+        [run_dir] = glob.glob(str(tmp_path / "runs" / f"grid__{name}__*"))
+        runs.append({tag: scalars(run_dir, tag) for tag in ("losses/value_loss", "losses/policy_loss",
+                                                           "losses/entropy", "losses/approx_kl")})
+    assert runs[0] == runs[1]
+    # one epoch of one minibatch: the update's log-probs equal the rollout's, bank included
+    assert max(abs(kl) for kl in runs[0]["losses/approx_kl"]) < 1e-6
+
+
+def test_track_without_login_goes_offline(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
+    out = run_script("--track", *TINY, "--eval-every", "0", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "logging offline" in out.stdout
+    assert glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+
+
+BAD_FLAGS = [
+    (dict(agent="lstm"), "--agent"),
+    (dict(grid_size=-4), "--grid-size"),
+    (dict(num_blocks=256), "--num-blocks"),
+    (dict(num_blocks=-1), "--num-blocks"),
+    (dict(obs_size=20), "--obs-size"),
+    (dict(mem_len=81), "--mem-len"),
+    (dict(mem_len=0), "--mem-len"),
+    (dict(mem_size=-8), "--mem-size"),
+    (dict(num_envs=0), "--num-envs"),
+    (dict(bank_ram_mb=-1), "--bank-ram-mb"),
+    (dict(num_train_levels=0), "--num-train-levels"),
+    (dict(trial_len=1), "--trial-len"),
+    (dict(eval_only=True), "--checkpoint"),
+    (dict(eval_only=True, checkpoint="missing.pt"), "--checkpoint"),
+]
+
+
+@pytest.mark.parametrize("fields,name", BAD_FLAGS)
+def test_bad_flag_value_is_named_in_one_line(fields, name):
+    with pytest.raises(SystemExit) as stop:
+        gf.check_args(gf.Args(**fields))
+    message = str(stop.value.code)
+    assert "\n" not in message and name in message and message.startswith("grid_failmem.py: error:")
+
+
+def test_good_flags_pass_the_check():
+    gf.check_args(gf.Args())
+    gf.check_args(gf.Args(mem_len=80, obs_size=64, agent="snail"))
+
+
+@pytest.mark.parametrize("flags,name", [(["--agent", "lstm"], "--agent"), (["--mem-len", "81"], "--mem-len"),
+                                        (["--eval-only", "--checkpoint", "missing.pt"], "--checkpoint")])
+def test_bad_flag_stops_the_script_with_one_line(flags, name, tmp_path):
+    out = run_script(*flags, cwd=tmp_path)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()  # no work started
