@@ -1,0 +1,245 @@
+"""reacher_failmem.py: the UR5's kinematics, the reacher's rules, its levels, and one tiny
+end-to-end run of each agent in a subprocess (as CleanRL tests its scripts)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pybullet as p
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import reacher_failmem as rf  # noqa: E402
+
+NOOP = 13  # MOVES[13] == (0, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def levels():
+    return rf.make_levels("train", 50)
+
+
+@pytest.fixture(scope="module")
+def env(levels):
+    env = rf.UR5Reacher(levels, obs_size=32)
+    yield env
+    env.close()
+
+
+def action_towards(ee, goal):
+    """The move whose signs walk the end effector's grid towards `goal` (2 cm dead band)."""
+    step = np.where(goal - ee > 0.02, 1, np.where(goal - ee < -0.02, -1, 0))
+    return int(np.flatnonzero((np.sign(rf.MOVES) == step).all(1))[0])
+
+
+def reach(env, ball):
+    """Go over `ball` at the start height, then straight down until the episode ends."""
+    centre = env.centres[ball]
+    ee = env.end_effector()
+    for _ in range(30):  # across, at the start height (no ball within reach up there)
+        action = action_towards(ee, np.array([centre[0], centre[1], ee[2]]))
+        if action == NOOP:
+            break
+        _, reward, terminated, truncated, info = env.step(action)
+        assert reward == 0 and not terminated and not truncated
+        ee = info["ee"]
+    for _ in range(10):  # down
+        _, reward, terminated, truncated, info = env.step(action_towards(ee, centre))
+        ee = info["ee"]
+        if terminated or truncated:
+            return reward, terminated, truncated, info
+    raise AssertionError("never touched the ball")
+
+
+def test_urdf_six_revolute_joints_with_ur5_limits(env):
+    joints = [p.getJointInfo(env.robot, j, physicsClientId=env.client) for j in range(p.getNumJoints(env.robot, physicsClientId=env.client))]
+    revolute = [j for j in joints if j[2] == p.JOINT_REVOLUTE]
+    assert len(revolute) == 6 and len(joints) == 7  # six revolute joints and the fixed flange
+    limits = [(j[8], j[9]) for j in revolute]
+    np.testing.assert_allclose(limits, [(-2 * math.pi, 2 * math.pi)] * 2 + [(-math.pi, math.pi)] + [(-2 * math.pi, 2 * math.pi)] * 3, atol=1e-5)
+
+
+def test_forward_kinematics_matches_ur5_dh_parameters(env):
+    # all joints at zero: the arm stretched along -x; from the DH table, the flange is at
+    # x = a2 + a3, y = -(d4 + d6), z = d1 - d5 (Universal Robots' UR5 parameters)
+    env.set_joints(np.zeros(6))
+    np.testing.assert_allclose(env.end_effector(), [-0.425 - 0.39225, -(0.10915 + 0.0823), 0.089159 - 0.09465], atol=1e-5)
+    q = np.array([0.3, -1.2, 1.5, -0.9, -1.57, 0.4])
+    env.set_joints(q)
+    state = p.getLinkState(env.robot, rf.EE_LINK, computeForwardKinematics=True, physicsClientId=env.client)
+    pose = rf.dh_forward_kinematics(q)
+    np.testing.assert_allclose(state[4], pose[:3, 3], atol=1e-5)
+    rotation = np.array(p.getMatrixFromQuaternion(state[5])).reshape(3, 3)
+    np.testing.assert_allclose(rotation, pose[:3, :3], atol=1e-5)
+    # the home pose is above the table with the tool pointing down
+    home = rf.dh_forward_kinematics(rf.HOME_Q)
+    assert home[2, 3] > 0.3 and home[0, 3] > 0.3
+    np.testing.assert_allclose(home[:3, 2], [0, 0, -1], atol=1e-6)
+
+
+def test_every_action_moves_the_end_effector_by_its_delta(env):
+    assert len(rf.MOVES) == 27 and len(np.unique(rf.MOVES, axis=0)) == 27
+    for action, delta in enumerate(rf.MOVES):
+        env.reset(options={"level": 0})
+        np.testing.assert_allclose(env.end_effector(), rf.EE_START, atol=1e-3)
+        _, reward, terminated, _, info = env.step(action)
+        assert reward == 0 and not terminated
+        np.testing.assert_allclose(info["ee"] - rf.EE_START, delta, atol=2e-3)
+        # tool still pointing down
+        orientation = p.getLinkState(env.robot, rf.EE_LINK, computeForwardKinematics=True, physicsClientId=env.client)[5]
+        assert abs(np.dot(orientation, rf.TOOL_DOWN)) > 0.999
+
+
+def test_workspace_box_clips_the_end_effector(env):
+    env.reset(options={"level": 0})
+    up_forward = int(np.flatnonzero((rf.MOVES == [rf.STEP, 0, rf.STEP]).all(1))[0])
+    for _ in range(15):
+        *_, info = env.step(up_forward)
+    np.testing.assert_allclose(info["ee"], [rf.WORKSPACE_HIGH[0], 0.0, rf.WORKSPACE_HIGH[2]], atol=2e-3)
+
+
+@pytest.mark.parametrize("which", ["target", "other"])
+def test_touching_a_ball_rewards_and_ends_the_episode(env, levels, which):
+    for level in range(5):
+        env.reset(options={"level": level})
+        goal = int(levels["goals"][level])
+        ball = goal if which == "target" else (goal + 1) % rf.NUM_BALLS
+        reward, terminated, truncated, info = reach(env, ball)
+        assert terminated and not truncated
+        assert info["hit"] == ball and info["success"] == (which == "target")
+        assert reward == (5.0 if which == "target" else -1.0)
+        assert np.linalg.norm(info["ee"] - env.centres[ball]) <= rf.BALL_RADIUS + rf.TOUCH_TOLERANCE
+
+
+def test_episode_times_out_after_80_steps_with_zero_reward(env):
+    env.reset(options={"level": 1})
+    for t in range(80):
+        _, reward, terminated, truncated, info = env.step(NOOP)
+        assert reward == 0 and not terminated and info["hit"] == -1
+        assert truncated == (t == 79)
+
+
+def test_observation_is_the_camera_image(levels):
+    for size in (64, 32):
+        env = rf.UR5Reacher(levels, obs_size=size)
+        obs, info = env.reset(options={"level": 3})
+        assert obs.shape == (size, size, 3) and obs.dtype == np.uint8 and env.observation_space.contains(obs)
+        assert info["level"] == 3
+        down = int(np.flatnonzero((rf.MOVES == [0, 0, -rf.STEP]).all(1))[0])
+        moved = env.step(down)[0]
+        assert (moved != obs).any()  # the arm is in the picture
+        env.close()
+
+
+def test_a_level_is_the_same_every_time(levels):
+    again = rf.make_levels("train", 50)
+    for key in levels:
+        np.testing.assert_array_equal(levels[key], again[key])
+    a, b = rf.UR5Reacher(levels, obs_size=32), rf.UR5Reacher(again, obs_size=32)
+    actions = np.random.default_rng(0).integers(27, size=10)
+    frames_a = [a.reset(options={"level": 7})[0]] + [a.step(x)[0] for x in actions]
+    a.reset(options={"level": 8})  # another level in between
+    frames_a2 = [a.reset(options={"level": 7})[0]] + [a.step(x)[0] for x in actions]
+    frames_b = [b.reset(options={"level": 7})[0]] + [b.step(x)[0] for x in actions]
+    np.testing.assert_array_equal(frames_a, frames_b)
+    np.testing.assert_array_equal(frames_a, frames_a2)
+    assert (a.reset(options={"level": 8})[0] != frames_a[0]).any()
+    a.close(), b.close()
+
+
+def test_levels_follow_the_rules_and_train_test_are_disjoint():
+    train, test = rf.make_levels("train", 1000), rf.make_levels("test", 200)
+    for lv in (train, test):
+        (x0, x1), (y0, y1) = rf.BALL_REGION
+        assert ((lv["balls"][..., 0] >= x0) & (lv["balls"][..., 0] <= x1)).all()
+        assert ((lv["balls"][..., 1] >= y0) & (lv["balls"][..., 1] <= y1)).all()
+        gaps = np.linalg.norm(lv["balls"][:, :, None] - lv["balls"][:, None], axis=-1)
+        assert (gaps + np.eye(rf.NUM_BALLS) >= rf.MIN_BALL_GAP).all()
+        assert (np.sort(lv["colours"], 1) == np.arange(rf.NUM_BALLS)).all()  # distinct colours
+        assert set(np.unique(lv["goals"])) == set(range(rf.NUM_BALLS))
+        # every ball centre has a point of the end effector's grid within touching distance
+        grid = [np.arange(lo, hi + 1e-9, rf.STEP) for lo, hi in zip(rf.WORKSPACE_LOW, rf.WORKSPACE_HIGH)]
+        nearest = [np.abs(lv["balls"][..., k, None] - grid[k]).min(-1) for k in range(2)]
+        assert (np.hypot(*nearest) < rf.TOUCH_TOLERANCE + rf.BALL_RADIUS).all()
+    key = lambda lv, i: (tuple(np.round(lv["balls"][i], 3).ravel()), tuple(lv["colours"][i]), lv["goals"][i])  # noqa: E731
+    train_keys = {key(train, i) for i in range(1000)}
+    assert len(train_keys) == 1000
+    assert not train_keys & {key(test, i) for i in range(200)}
+
+
+def test_gymnasium_env_checker(levels):
+    env = rf.UR5Reacher(levels, obs_size=32)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+def test_workers_give_the_same_trials_as_one_env(levels):
+    level_sets = {"train": levels, "test": rf.make_levels("test", 5)}
+    vector = rf.ReacherVector(level_sets, num_envs=2, num_workers=2, obs_size=32)
+    single = rf.UR5Reacher(levels, obs_size=32)
+    frames = vector.set_levels([4, 9])
+    np.testing.assert_array_equal(frames[1], single.reset(options={"level": 9})[0])
+    for action in np.random.default_rng(1).integers(27, size=12):
+        frames, reward, terminated, truncated, info = vector.step(np.array([NOOP, action]))
+        obs, r, te, tr, i = single.step(action)
+        if te or tr:
+            obs = single.reset(options={"level": 9})[0]  # the trial goes on at the same level
+        np.testing.assert_array_equal(frames[1], obs)
+        assert (reward[1], terminated[1], truncated[1], info["hit"][1]) == (r, te, tr, i["hit"])
+    vector.close(), single.close()
+
+
+TINY = [
+    "--total-timesteps", "240", "--num-envs", "2", "--trials-per-minibatch", "1", "--trial-len", "20",
+    "--obs-size", "16", "--num-train-levels", "3", "--num-test-levels", "2", "--eval-levels", "2",
+    "--eval-episodes", "2", "--eval-every", "2", "--update-epochs", "1", "--embed-dim", "16", "--threads", "1",
+]
+
+
+@pytest.mark.parametrize("agent,workers", [("memory", "1"), ("snail", "0")])
+def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, workers):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "reacher_failmem.py")
+    out = subprocess.run(
+        [sys.executable, script, "--agent", agent, "--num-workers", workers, "--exp-name", "test", *TINY],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "update 6/6" in out.stdout and "evaluation at step 240" in out.stdout
+    if agent == "memory":  # failed episodes of earlier trials reached the bank
+        bank_sizes = [int(line.split("bank ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("update")]
+        assert bank_sizes[-1] > 0
+    checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
+    assert (tmp_path / checkpoint).is_file()
+    assert list((tmp_path / "runs").glob("reacher__test__*/events.out.tfevents.*"))
+    evaluated = subprocess.run(
+        [sys.executable, script, "--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2",
+         "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"{checkpoint}: 2 held-out levels" in evaluated.stdout
+    table = evaluated.stdout.split("held-out levels")[1]
+    assert "success" in table and "bayes-optimal   0.333  0.667" in table
+
+
+@pytest.mark.parametrize(
+    "flags,name",
+    [
+        (["--agent", "ppo"], "--agent"),
+        (["--obs-size", "4"], "--obs-size"),
+        (["--num-envs", "3", "--num-workers", "2"], "--num-envs"),
+        (["--eval-only"], "--eval-only"),
+    ],
+)
+def test_bad_flags_give_one_line_naming_the_flag(flags, name):
+    out = subprocess.run([sys.executable, str(ROOT / "reacher_failmem.py"), *flags], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.strip().splitlines() if "pybullet build time" not in line]
+    assert len(lines) == 1 and name in lines[0] and "error" in lines[0]
