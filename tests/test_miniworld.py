@@ -1,0 +1,223 @@
+"""Tests of miniworld_failmem.py: the room's rules first, then the script end to end in a
+subprocess, as CleanRL tests its scripts. Headless (EGL), about a minute on 2 cores."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import miniworld_failmem as mw  # noqa: E402
+
+SCRIPT = os.path.join(ROOT, "miniworld_failmem.py")
+TINY = [
+    "--threads", "1", "--num-envs", "2", "--num-workers", "2", "--trial-len", "10", "--obs-size", "32",
+    "--num-train-levels", "20", "--num-test-levels", "2", "--eval-episodes", "2", "--eval-levels", "2",
+    "--trials-per-minibatch", "1", "--update-epochs", "1", "--mem-len", "3", "--embed-dim", "16",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def levels():
+    return mw.make_levels("train", 30)
+
+
+def steer(env, box):
+    """Turn until the agent faces box `box` within half a turn step, then go forward."""
+    dx, dz = env.boxes[box].pos[[0, 2]] - env.agent.pos[[0, 2]]
+    # miniworld's heading: dir_vec = (cos(dir), 0, -sin(dir)); turning left adds to dir
+    error = (math.atan2(-dz, dx) - env.agent.dir + math.pi) % (2 * math.pi) - math.pi
+    return mw.FORWARD if abs(error) <= math.radians(9) else mw.TURN_LEFT if error > 0 else mw.TURN_RIGHT
+
+
+def drive_to(env, box, max_steps=80):
+    """Steer at box `box`; the transitions (reward, terminated, truncated, info) until the end."""
+    transitions = []
+    for _ in range(max_steps):
+        transitions.append(env.step(steer(env, box))[1:])
+        if transitions[-1][1] or transitions[-1][2]:
+            break
+    return transitions
+
+
+def test_touching_target_gives_plus_five_and_trap_minus_one(levels):
+    env = mw.MiniworldFailmem(levels, obs_size=32, max_episode_steps=80)
+    outcomes = {"goal": 0, "trap": 0}
+    for level in range(10):
+        for box in range(mw.NUM_BOXES):
+            env.reset(options={"level": level})
+            transitions = drive_to(env, box)
+            *before, (reward, terminated, truncated, info) = transitions
+            assert all(r == 0 and not te and not tr for r, te, tr, _ in before)
+            assert terminated and not truncated, f"level {level}: the agent never reached box {box}"
+            assert info["hit"] >= 0
+            if info["hit"] == env.goal:
+                assert reward == 5.0 and info["success"]
+                outcomes["goal"] += 1
+            else:
+                assert reward == -1.0 and not info["success"]
+                outcomes["trap"] += 1
+    assert outcomes["goal"] >= 5 and outcomes["trap"] >= 10, outcomes
+
+
+def test_touch_needs_the_forward_move(levels):
+    """Next to a box, turning in place never touches it; the forward move into it does."""
+    env = mw.MiniworldFailmem(levels, obs_size=32)
+    env.reset(options={"level": 0})
+    transitions = drive_to(env, 0)
+    steps = len(transitions)
+    assert transitions[-1][3]["hit"] == 0
+    env.reset(options={"level": 0})  # the same approach again, stopped one step short
+    for _ in range(steps - 1):
+        assert env.step(steer(env, 0))[1:3] == (0.0, False)
+    assert steer(env, 0) == mw.FORWARD
+    for _ in range(20):  # 20 x 18 deg: a full turn in place, back to the same heading
+        _, reward, terminated, _, info = env.step(mw.TURN_LEFT)
+        assert reward == 0 and not terminated and info["hit"] == -1
+    _, reward, terminated, _, info = env.step(mw.FORWARD)
+    assert terminated and info["hit"] == 0 and reward == (5.0 if env.goal == 0 else -1.0)
+
+
+def test_timeout_truncates(levels):
+    env = mw.MiniworldFailmem(levels, obs_size=32, max_episode_steps=10)
+    env.reset(options={"level": 2})
+    for t in range(10):
+        _, reward, terminated, truncated, info = env.step(mw.TURN_LEFT)
+        assert reward == 0 and not terminated and info["hit"] == -1
+        assert truncated == (t == 9)
+
+
+def test_a_level_is_the_same_every_time(levels):
+    again = mw.make_levels("train", 30)
+    for key in levels:
+        np.testing.assert_array_equal(levels[key], again[key])
+    actions = [0, 0, 1, 0, 2, 2, 0, 1, 0, 0]
+    first, second = mw.MiniworldFailmem(levels, 32), mw.MiniworldFailmem(again, 32)
+    for level in (0, 7):
+        runs = []
+        for env in (first, second, first):
+            frames = [env.reset(options={"level": level})[0]] + [env.step(a)[0] for a in actions]
+            runs.append(np.stack(frames))
+        np.testing.assert_array_equal(runs[0], runs[1])
+        np.testing.assert_array_equal(runs[0], runs[2])
+    # and different levels look different
+    assert not np.array_equal(first.reset(options={"level": 0})[0], first.reset(options={"level": 1})[0])
+
+
+def test_train_and_test_levels_are_disjoint():
+    train, test = mw.make_levels("train", 10000), mw.make_levels("test", 1000)
+
+    def layouts(lv):  # agent start, box centres (m), box colours and target, one row per level
+        return np.concatenate(
+            [lv["starts"], lv["boxes"].reshape(len(lv["goals"]), -1), lv["colours"], lv["goals"][:, None]], 1
+        )
+
+    a, b = layouts(train), layouts(test)
+    for chunk in np.array_split(b, 10):
+        # no held-out layout within 5 cm of a training one in every coordinate
+        diff = np.abs(chunk[:, None, :8] - a[None, :, :8]).max(-1)
+        assert diff.min() > 0.05
+    # the task itself differs too, not only its coordinates: box colours and the target vary
+    assert len({tuple(row) for row in b[:, 8:]}) > 20
+
+
+def test_observation_shape_and_dtype(levels):
+    for size in (32, 64):
+        env = mw.MiniworldFailmem(levels, obs_size=size)
+        obs, info = env.reset(options={"level": 4})
+        assert obs.shape == (size, size, 3) and obs.dtype == np.uint8
+        assert env.observation_space.contains(obs) and info["level"] == 4
+        assert obs.std() > 10  # a rendered room, not a blank frame
+        assert env.step(mw.FORWARD)[0].shape == (size, size, 3)
+        assert env.action_space.n == 3
+
+
+def test_env_checker(levels):
+    check_env(mw.MiniworldFailmem(levels, obs_size=32), skip_render_check=True)
+
+
+def test_vector_matches_single_envs_and_restarts_the_level():
+    """The worker processes give what single envs give; an episode end restarts the same level."""
+    level_sets = {"train": mw.make_levels("train", 20), "test": mw.make_levels("test", 5)}
+    vector = mw.MiniworldVector(level_sets, num_envs=4, num_workers=2, obs_size=32, max_episode_steps=6)
+    singles = [mw.MiniworldFailmem(level_sets["test"], 32, 6) for _ in range(4)]
+    try:
+        ids = np.array([3, 1, 4, 0])
+        frames = vector.set_levels(ids, split="test")
+        expected = np.stack([env.reset(options={"level": int(i)})[0] for env, i in zip(singles, ids)])
+        np.testing.assert_array_equal(frames, expected)
+        rng = np.random.default_rng(0)
+        ended = 0
+        for _ in range(14):
+            actions = rng.integers(3, size=4)
+            frames, rewards, terminated, truncated, info = vector.step(actions)
+            for k, (env, a) in enumerate(zip(singles, actions)):
+                obs, reward, te, tr, single_info = env.step(int(a))
+                if te or tr:
+                    ended += 1
+                    obs = env.reset(options={"level": int(ids[k])})[0]
+                np.testing.assert_array_equal(frames[k], obs)
+                assert (rewards[k], terminated[k], truncated[k], info["hit"][k]) == (reward, te, tr, single_info["hit"])
+        assert ended >= 4  # every env ran past its 6-step limit at least once
+    finally:
+        vector.close()
+
+
+def run_script(*flags, env=None):
+    return subprocess.run(
+        [sys.executable, SCRIPT, *flags], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env
+    )
+
+
+@pytest.mark.parametrize("agent", ["memory", "snail"])
+def test_train_then_eval_only(agent, tmp_path):
+    flags = [*TINY, "--agent", agent, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
+    train = run_script(*flags)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "update 2/2" in train.stdout
+    checkpoint = next(line.split()[-1] for line in train.stdout.splitlines() if line.startswith("checkpoint:"))
+    checkpoint = os.path.join(ROOT, checkpoint)
+    assert os.path.isfile(checkpoint)
+    if agent == "memory":
+        assert " 0 trajectories" not in train.stdout.splitlines()[-10]  # failures reached the bank
+    evaluation = run_script(*TINY, "--eval-only", "--checkpoint", checkpoint)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "2 held-out levels" in evaluation.stdout and "bayes-optimal" in evaluation.stdout
+    success_row = next(line for line in evaluation.stdout.splitlines() if line.startswith("success "))
+    assert len(success_row.split()) == 4  # 2 episodes and the mean
+    import shutil
+
+    shutil.rmtree(os.path.dirname(checkpoint))
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--agent", "lstm"], "--agent"),
+        (["--num-envs", "3", "--num-workers", "2"], "--num-envs"),
+        (["--mem-len", "0"], "--mem-len"),
+        (["--eval-only", "--checkpoint", "/nonexistent/agent.pt"], "--checkpoint"),
+    ],
+)
+def test_bad_flags_give_one_line(flags, named):
+    result = run_script(*flags)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "error" in lines[0], result.stderr
+
+
+def test_missing_gl_gives_one_line_saying_what_to_install(tmp_path):
+    """A libEGL that cannot load (an empty file first on the library path) stands in for a
+    machine without Mesa's EGL."""
+    for name in ("libEGL.so", "libEGL.so.1"):
+        (tmp_path / name).write_bytes(b"")
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    result = run_script("--total-timesteps", "1", env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "OpenGL" in lines[0] and "apt-get install libegl1" in lines[0], result.stderr
