@@ -202,22 +202,39 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("agent,workers", [("memory", "1"), ("snail", "0")])
-def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, workers):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [event.value for event in accumulator.Scalars(tag)]
+
+
+@pytest.mark.parametrize("agent,extra", [("memory", ["--num-workers", "1", "--capture-video"]), ("snail", ["--num-workers", "0", "--track"])])
+def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
     script = str(ROOT / "reacher_failmem.py")
+    # one epoch of one minibatch (2 trials): the update's log-probs must equal the rollout's
+    flags = [*TINY, "--trials-per-minibatch", "2"] if agent == "memory" else TINY
     out = subprocess.run(
-        [sys.executable, script, "--agent", agent, "--num-workers", workers, "--exp-name", "test", *TINY],
+        [sys.executable, script, "--agent", agent, "--exp-name", "test", *extra, *flags],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "update 6/6" in out.stdout and "evaluation at step 240" in out.stdout
-    if agent == "memory":  # failed episodes of earlier trials reached the bank
+    run_dir = next((tmp_path / "runs").glob("reacher__test__*"))
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    if agent == "memory":
         bank_sizes = [int(line.split("bank ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("update")]
-        assert bank_sizes[-1] > 0
+        assert bank_sizes[-1] > 0  # failed episodes of earlier trials reached the bank
+        assert max(abs(kl) for kl in scalars(run_dir, "losses/approx_kl")) < 1e-5  # rollout == update, bank included
+        assert len(scalars(run_dir, "eval/success_ep1")) == 3  # updates 2, 4 and 6
+        assert list((tmp_path / "videos").glob("reacher__test__*/step*.gif"))
+    else:
+        assert "logging offline" in out.stdout and list((tmp_path / "wandb").glob("offline-run-*"))
     checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
     assert (tmp_path / checkpoint).is_file()
-    assert list((tmp_path / "runs").glob("reacher__test__*/events.out.tfevents.*"))
     evaluated = subprocess.run(
         [sys.executable, script, "--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2",
          "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1"],
