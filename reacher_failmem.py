@@ -224,7 +224,7 @@ TOUCH_TOLERANCE = 0.02
 BALL_REGION = ((0.23, 0.73), (-0.30, 0.30))  # x, y of ball centres: 0.5 m x 0.6 m (Appendix A)
 MIN_BALL_GAP = 0.15  # between ball centres: the touch spheres (radius 0.06) never overlap
 BALL_COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.75, 0.1], [0.1, 0.25, 0.95]])  # red, green, blue
-STEP = 0.04  # m per action and axis (Appendix A)
+STEP = 0.04  # m per action and axis (Appendix A writes {-0.04, 0, 0.04} "cm"; 0.4 mm moves could not cross 0.6 m)
 MOVES = np.array(list(itertools.product((-STEP, 0.0, STEP), repeat=3)))  # 27 (dx, dy, dz)
 # The end effector's box: every point is reachable tool-down (IK error < 1 mm), and its corners
 # lie on the 4 cm grid through EE_START, so the end effector walks a grid and every ball centre
@@ -232,7 +232,8 @@ MOVES = np.array(list(itertools.product((-STEP, 0.0, STEP), repeat=3)))  # 27 (d
 WORKSPACE_LOW = np.array([0.20, -0.32, 0.04])
 WORKSPACE_HIGH = np.array([0.76, 0.32, 0.32])
 EE_START = np.array([0.48, 0.0, 0.28])
-CAMERA = dict(eye=(1.05, 0.65, 0.95), target=(0.40, 0.0, 0.12), up=(0.0, 0.0, 1.0), fov=58.0)  # Fig. 2d: front-side
+# the camera faces the robot across the table; the whole workspace box projects inside the image
+CAMERA = dict(eye=(0.95, 0.0, 1.0), target=(0.40, 0.0, 0.04), up=(0.0, 0.0, 1.0), fov=58.0)
 GOAL_REWARD, TRAP_REWARD = 5.0, -1.0
 SPLITS = {"train": 0, "test": 1}
 
@@ -242,11 +243,12 @@ def ur5_urdf():
     i-1, each joint turns about its z axis, so forward kinematics is exactly the DH product.
     Links are cylinders: a housing along each joint axis, then the d (z) and a (x) offsets."""
     grey, blue, dark = "0.75 0.75 0.78 1", "0.2 0.4 0.75 1", "0.15 0.15 0.15 1"
-    inertial = '<inertial><mass value="1"/><inertia ixx="0.01" ixy="0" ixz="0" iyy="0.01" iyz="0" izz="0.01"/></inertial>'
+    inertia = 'ixx="0.01" ixy="0" ixz="0" iyy="0.01" iyz="0" izz="0.01"'
+    inertial = f'<inertial><mass value="1"/><inertia {inertia}/></inertial>'  # unused: no dynamics
 
     def cylinder(xyz, rpy, radius, length, rgba):
         return (
-            f'<visual><origin xyz="{xyz[0]:.6f} {xyz[1]:.6f} {xyz[2]:.6f}" rpy="{rpy[0]:.6f} {rpy[1]:.6f} {rpy[2]:.6f}"/>'
+            f'<visual><origin xyz="{" ".join(f"{v:.6f}" for v in xyz)}" rpy="{" ".join(f"{v:.6f}" for v in rpy)}"/>'
             f'<geometry><cylinder radius="{radius}" length="{length:.6f}"/></geometry>'
             f'<material name="c{rgba.replace(" ", "_")}"><color rgba="{rgba}"/></material></visual>'
         )
@@ -298,7 +300,9 @@ def dh_forward_kinematics(q):
     pose = np.eye(4)
     for theta, d, a, alpha in zip(q, UR5_D, UR5_A, UR5_ALPHA):
         ct, st, ca, sa = math.cos(theta), math.sin(theta), math.cos(alpha), math.sin(alpha)
-        pose = pose @ np.array([[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st], [0, sa, ca, d], [0, 0, 0, 1]])
+        pose = pose @ np.array(
+            [[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st], [0, sa, ca, d], [0, 0, 0, 1]]
+        )
     return pose
 
 
@@ -341,7 +345,9 @@ class UR5Reacher(gym.Env):
         self.client = p.connect(p.DIRECT)
         c = self.client
         self.robot = p.loadURDF(write_urdf(), useFixedBase=True, physicsClientId=c)
-        table = p.createVisualShape(p.GEOM_BOX, halfExtents=[0.55, 0.55, 0.02], rgbaColor=[0.82, 0.7, 0.55, 1], physicsClientId=c)
+        table = p.createVisualShape(
+            p.GEOM_BOX, halfExtents=[0.55, 0.55, 0.02], rgbaColor=[0.82, 0.7, 0.55, 1], physicsClientId=c
+        )
         p.createMultiBody(0, -1, table, basePosition=[0.45, 0.0, -0.02], physicsClientId=c)
         self.balls = []
         for colour in BALL_COLOURS:
@@ -379,7 +385,8 @@ class UR5Reacher(gym.Env):
             self.level = int(options["level"])
         else:
             self.level = int(self.np_random.integers(len(self.levels["goals"])))
-        for ball, (x, y), colour in zip(self.balls, self.levels["balls"][self.level], self.levels["colours"][self.level]):
+        centres, colours = self.levels["balls"][self.level], self.levels["colours"][self.level]
+        for ball, (x, y), colour in zip(self.balls, centres, colours):
             p.resetBasePositionAndOrientation(ball, [x, y, BALL_RADIUS], [0, 0, 0, 1], physicsClientId=self.client)
             p.changeVisualShape(ball, -1, rgbaColor=[*BALL_COLOURS[colour], 1], physicsClientId=self.client)
         self.centres = np.concatenate([self.levels["balls"][self.level], np.full((NUM_BALLS, 1), BALL_RADIUS)], 1)
