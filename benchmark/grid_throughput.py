@@ -1,0 +1,116 @@
+"""Gridworld throughput, all in one run so the ratios share the machine's state:
+
+  (a) the batched env with random actions (every env in one numpy call)
+  (b) a per-env Python loop over the single gymnasium env (how a mazelab env is stepped)
+  (c) rollout inference: the memory agent's step (cached CNN, SNAIL cache, bank read) + env
+  (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it
+
+    python benchmark/grid_throughput.py [--obs-size 16] [--threads 2]
+
+Writes docs/grid_throughput_obs{N}.md.
+"""
+
+import argparse
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grid_failmem as gf  # noqa: E402
+
+
+def rate(function, steps_per_call, seconds=3.0):
+    function()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        function()
+        calls += 1
+    return calls * steps_per_call / (time.perf_counter() - start)
+
+
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--obs-size", type=int, default=16)
+    parser.add_argument("--num-envs", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--updates", type=int, default=3, help="training updates timed in (d)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    levels = gf.make_levels("train", 1000, 16, 3)
+    rng = np.random.default_rng(0)
+
+    envs = gf.BatchedGridWorld(levels, args.num_envs, 16, args.obs_size, 80)
+    envs.set_levels(rng.integers(1000, size=args.num_envs))
+    batched = rate(lambda: envs.step(rng.integers(4, size=args.num_envs)), args.num_envs)
+
+    singles = [gf.GridWorld(levels, 16, args.obs_size, 80) for _ in range(args.num_envs)]
+    for env in singles:
+        env.reset(options={"level": int(rng.integers(1000))})
+
+    def loop():
+        for env in singles:
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
+            if terminated or truncated:
+                env.reset(options={"level": env.level})
+
+    per_env = rate(loop, args.num_envs)
+
+    agent_args = gf.Args(obs_size=args.obs_size)
+    agent = gf.Agent(agent_args, 4)
+    bank = gf.MemoryBank(8, 6, (args.obs_size, args.obs_size, 3), float("inf"))
+    for level in range(args.num_envs):  # every env's bank full: the costliest read
+        for _ in range(8):
+            bank.add(level, rng.integers(0, 256, (6, args.obs_size, args.obs_size, 3), np.uint8),
+                     rng.integers(4, size=6), np.full(6, -1.0, np.float32))
+
+    @torch.no_grad()
+    def trial():
+        frames = envs.set_levels(np.arange(args.num_envs))
+        memory, slots = agent.embed_memory(*[torch.as_tensor(x) for x in bank.get(range(args.num_envs))])
+        cache = agent.snail.init_cache(args.num_envs, 80)
+        prev_a, prev_r, starts = torch.zeros(args.num_envs, dtype=torch.long), torch.zeros(args.num_envs), torch.ones(args.num_envs)
+        for t in range(80):
+            logits, _ = agent.step(torch.from_numpy(frames), prev_a, prev_r, starts, cache, t, memory, slots)
+            prev_a = torch.distributions.Categorical(logits=logits).sample()
+            frames, reward, terminated, truncated, _ = envs.step(prev_a.numpy())
+            prev_r = torch.from_numpy(reward).float()
+            starts = torch.from_numpy(terminated | truncated).float()
+
+    inference = rate(trial, 80 * args.num_envs, seconds=10.0)
+
+    command = [sys.executable, str(ROOT / "grid_failmem.py"), "--obs-size", str(args.obs_size), "--num-envs",
+               str(args.num_envs), "--threads", str(args.threads), "--total-timesteps",
+               str(args.updates * 80 * args.num_envs), "--num-train-levels", "1000", "--eval-every", "0",
+               "--num-test-levels", "1", "--exp-name", "throughput"]
+    out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
+    training = float(re.findall(r"SPS (\d+)", out)[-1])
+
+    rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env),
+            ("(c) rollout inference, memory agent + env", inference), ("(d) training (rollout + PPO)", training)]
+    text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
+            f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
+            f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}.", "",
+            "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
+            f"(a)/(b) = {batched / per_env:.1f}; (d)/(a) = {training / batched:.4f}; (d)/(c) = {training / inference:.2f}.", ""]
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
