@@ -199,15 +199,14 @@ def check_args(args):
             sys.exit(f"{os.path.basename(__file__)}: error: {message}")
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # UR robot reacher (Sec. 3.3, Appendix A) in PyBullet, one DIRECT physics client per env. The UR5
 # is written here as a URDF from its published kinematics, links drawn as cylinders so that
 # TinyRenderer stays fast. No physics is simulated: an action moves the end-effector target, IK
 # gives the joints, and the joints are set to them (resetJointState): deterministic and fast.
-# A ball is touched when the end effector comes within BALL_RADIUS + TOUCH_TOLERANCE of its
-# centre (a distance, not contact points: the balls have no collision shapes).
+# A ball is touched when, after a move, the end effector (the flange, DH frame 6) is within
+# BALL_RADIUS + TOUCH_TOLERANCE of its centre: a distance, not contact points (nothing has a
+# collision shape), so the other links pass through balls without touching them.
 # ---------------------------------------------------------------------------------------------
 # Universal Robots' published DH parameters for the UR5 (m, rad), as in their "DH parameters
 # for calculations of kinematics and dynamics" table and ROS-Industrial's ur_description.
@@ -224,7 +223,7 @@ TOUCH_TOLERANCE = 0.02
 BALL_REGION = ((0.23, 0.73), (-0.30, 0.30))  # x, y of ball centres: 0.5 m x 0.6 m (Appendix A)
 MIN_BALL_GAP = 0.15  # between ball centres: the touch spheres (radius 0.06) never overlap
 BALL_COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.75, 0.1], [0.1, 0.25, 0.95]])  # red, green, blue
-STEP = 0.04  # m per action and axis (Appendix A writes {-0.04, 0, 0.04} "cm"; 0.4 mm moves could not cross 0.6 m)
+STEP = 0.04  # m per action and axis (Appendix A says "cm", but 0.4 mm moves could not cross 0.6 m in 80 steps)
 MOVES = np.array(list(itertools.product((-STEP, 0.0, STEP), repeat=3)))  # 27 (dx, dy, dz)
 # The end effector's box: every point is reachable tool-down (IK error < 1 mm), and its corners
 # lie on the 4 cm grid through EE_START, so the end effector walks a grid and every ball centre

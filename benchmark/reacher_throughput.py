@@ -73,6 +73,7 @@ def main():
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--env-steps", type=int, default=1000, help="steps of the single env")
     parser.add_argument("--vector-steps", type=int, default=40, help="steps of the vector (each num-envs env steps)")
+    parser.add_argument("--repeats", type=int, default=3, help="vector measurements per setting (median)")
     parser.add_argument("--updates", type=int, default=2, help="PPO updates per training measurement")
     parser.add_argument("--train-workers", type=int, default=2, help="--num-workers of the training runs")
     parser.add_argument("--threads", type=int, default=0, help="--threads of the training runs")
@@ -84,8 +85,12 @@ def main():
     for size in args.obs_sizes:
         env_rate, render_rate = one_env(size, args.env_steps)
         row = {"obs": size, "one env": env_rate, "render only": render_rate}
+        rates = {workers: [] for workers in args.workers}
+        for _ in range(args.repeats):  # interleaved, so a burst of load from elsewhere hits all alike
+            for workers in args.workers:
+                rates[workers].append(vector(size, args.num_envs, workers, args.vector_steps))
         for workers in args.workers:
-            row[f"vector, {workers} workers"] = vector(size, args.num_envs, workers, args.vector_steps)
+            row[f"vector, {workers} workers"] = float(np.median(rates[workers]))
         row["training SPS"], train_command = training_sps(size, args.num_envs, args.train_workers, args.updates, args.threads)
         rows.append(row)
         print(row, flush=True)
@@ -101,7 +106,8 @@ def main():
         f"    {' '.join(['python', *sys.argv])}",
         "",
         "Env steps per second with random actions (an ended episode restarts its level); the vector is "
-        f"the rollout's {args.num_envs} envs (`ReacherVector`), its rate counts every env's step; "
+        f"the rollout's {args.num_envs} envs (`ReacherVector`), its rate counts every env's step "
+        f"(median of {args.repeats} interleaved measurements); "
         "`render only` is `getCameraImage` (TinyRenderer) alone. Training SPS is reacher_failmem.py's "
         f"own `charts/SPS` after {args.updates} PPO updates of {args.num_envs} trials x 80 steps "
         f"(`--num-workers {args.train_workers}`, rollout and update together, no evaluation).",
