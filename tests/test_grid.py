@@ -198,7 +198,7 @@ def test_bank_ram_bound_evicts_least_recently_used_level():
     assert bank.nbytes <= 3 * traj_bytes
 
 
-def test_failed_episodes_are_failures_only_and_not_cut_off():
+def test_ended_episodes_and_cut_off_ones():
     # env 0: trap at t=2, success at t=5, limit reached at t=8, cut off by the trial's end
     # env 1: no episode ends at all (one cut-off episode)
     terminated = np.zeros((2, 10), bool)
@@ -206,7 +206,42 @@ def test_failed_episodes_are_failures_only_and_not_cut_off():
     success = np.zeros((2, 10), bool)
     terminated[0, 2] = terminated[0, 5] = success[0, 5] = True
     truncated[0, 8] = True
-    assert list(gf.failed_episodes(terminated, truncated, success)) == [(0, 0, 3), (0, 6, 9)]
+    episodes = list(gf.ended_episodes(terminated, truncated, success))
+    assert episodes == [(0, 0, 3, False), (0, 3, 6, True), (0, 6, 9, False)]
+
+
+def banks_for(agent_name, mem_size=2):
+    args = gf.Args(agent=agent_name, mem_size=mem_size, mem_len=4)
+    return gf.make_banks(args, (4, 4, 3), float("inf"))
+
+
+def test_memory_bank_stores_failures_only():
+    banks = banks_for("memory")
+    gf.store_episode(banks, "memory", 0, True, *trajectory(5, 1))
+    gf.store_episode(banks, "memory", 0, False, *trajectory(5, 2))
+    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [2]
+
+
+def test_mix_bank_holds_successes_and_failures():
+    banks = banks_for("memory-sf-mix")
+    gf.store_episode(banks, "memory-sf-mix", 0, True, *trajectory(5, 1))
+    gf.store_episode(banks, "memory-sf-mix", 0, False, *trajectory(5, 2))
+    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [1, 2]
+
+
+def test_sf_success_bank_is_cleared_when_full():
+    banks = banks_for("memory-sf", mem_size=2)
+    for value in (1, 2):
+        gf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, value))
+    gf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, 9))
+    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [1, 2]  # full, still readable
+    gf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, 3))
+    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [3]  # emptied, then the new one
+    assert banks[1].num_trajectories == 1
+    # the failure bank is a FIFO as usual
+    for value in (10, 11):
+        gf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, value))
+    assert [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [10, 11]
 
 
 # --- agent ---------------------------------------------------------------------------------
@@ -229,28 +264,30 @@ def test_step_mode_matches_whole_trial(agent_name):
     prev_actions = torch.randint(0, 4, (B, T))
     prev_rewards = torch.randn(B, T)
     starts = (torch.rand(B, T) < 0.2).float()
-    bank = [
-        torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8),
-        torch.randint(0, 4, (B, 3, 4)),
-        torch.randn(B, 3, 4),
-        torch.ones(B, 3, 4, dtype=torch.bool),
-    ]
-    bank[3][0] = False  # env 0 has an empty bank
-    bank[3][1, 2] = False
-    bank[3][2, :, :2] = False
+    banks = []
+    for _ in range(2):
+        bank = [
+            torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8),
+            torch.randint(0, 4, (B, 3, 4)),
+            torch.randn(B, 3, 4),
+            torch.ones(B, 3, 4, dtype=torch.bool),
+        ]
+        bank[3][0] = False  # env 0 has an empty bank
+        bank[3][1, 2] = False
+        bank[3][2, :, :2] = False
+        banks.append(bank)
     actions = torch.randint(0, 4, (B, T))
     with torch.no_grad():
-        _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, bank, actions)
-        memory, slots = agent.embed_memory(*bank) if agent.use_memory else (None, None)
-        cache = agent.snail.init_cache(B, T)
+        _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, banks, actions)
+        trial_state = agent.begin_trial(banks, B, T)
         for t in range(T):
-            logits, v = agent.step(frames[:, t], prev_actions[:, t], prev_rewards[:, t], starts[:, t], cache, t, memory, slots)
+            logits, v = agent.step(frames[:, t], prev_actions[:, t], prev_rewards[:, t], starts[:, t], trial_state, t)
             step_logprob = torch.log_softmax(logits, -1).gather(1, actions[:, t : t + 1]).squeeze(1)
             assert torch.allclose(step_logprob, logprob[:, t], atol=1e-5)
             assert torch.allclose(v, value[:, t], atol=1e-5)
 
 
-def test_memory_agent_reads_the_bank_and_snail_ignores_it():
+def test_which_agents_read_which_bank():
     torch.manual_seed(0)
     B = 2
     frames = torch.randint(0, 256, (B, 12, 16, 16, 3), dtype=torch.uint8)
@@ -260,12 +297,16 @@ def test_memory_agent_reads_the_bank_and_snail_ignores_it():
     full = [torch.randint(0, 256, empty[0].shape, dtype=torch.uint8), empty[1], -torch.ones(B, 3, 4),
             torch.ones(B, 3, 4, dtype=torch.bool)]
     actions = torch.zeros(B, 12, dtype=torch.long)
-    for name, changes in (("memory", True), ("snail", False)):
+    expected = {"memory": True, "snail": False, "snail-cat": True, "memory-sf": True, "memory-sf-mix": True}
+    for name, changes in expected.items():
         agent = gf.Agent(small_args(agent=name), 4)
         with torch.no_grad():
-            out_empty = agent.get_action_and_value(frames, *zeros, empty, actions)[1]
-            out_full = agent.get_action_and_value(frames, *zeros, full, actions)[1]
-        assert (not torch.allclose(out_empty, out_full)) == changes
+            out_empty = agent.get_action_and_value(frames, *zeros, [empty, empty], actions)[1]
+            out_full = agent.get_action_and_value(frames, *zeros, [full, empty], actions)[1]
+            out_success = agent.get_action_and_value(frames, *zeros, [empty, full], actions)[1]
+        assert (not torch.allclose(out_empty, out_full)) == changes, name
+        # only memory-sf reads a second (success) bank
+        assert (not torch.allclose(out_empty, out_success)) == (name == "memory-sf"), name
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -294,15 +335,17 @@ class ScriptedAgent(torch.nn.Module):
     def __init__(self, levels, level_ids):
         super().__init__()
         self.levels, self.level_ids = levels, level_ids
-        self.snail = type("S", (), {"init_cache": lambda *a: None})()
         self.bank_sizes = []
         self.episode = np.zeros(len(level_ids), np.int64)
 
-    def embed_memory(self, frames, actions, rewards, valid):
-        self.bank_sizes.append(valid.any(-1).sum(1).tolist())
-        return None, None
+    def read_banks(self, banks):
+        self.bank_sizes.append(banks[0][3].any(-1).sum(1).tolist())
+        return []
 
-    def step(self, frames, prev_actions, prev_rewards, starts, cache, t, memory, slots):
+    def begin_trial(self, banks, batch_size, max_len):
+        return None, self.read_banks(banks)
+
+    def step(self, frames, prev_actions, prev_rewards, starts, trial_state, t):
         frames = frames.numpy()
         self.episode += (starts.numpy() > 0) & (t > 0)
         logits = torch.zeros(len(frames), 4)
@@ -317,14 +360,15 @@ class ScriptedAgent(torch.nn.Module):
 def test_evaluation_stores_failures_as_they_happen():
     # levels where the straight path to each block is free of other blocks
     levels = custom_levels((0, 0), [(0, 5), (5, 5), (10, 10)], goal=2)
-    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=5, eval_envs=4)
+    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=5, eval_envs=4, agent="memory")
     agent = ScriptedAgent(levels, [0])
     result = gf.evaluate(agent, args, levels, np.array([0]), "cpu")
     # episodes 1, 2 hit the traps 0 and 1, episode 3 and later reach the goal
     assert result["success"][0].tolist() == [False, False, True, True, True]
     assert result["hits"][0].tolist() == [0, 1, 2, 2, 2]
     assert result["returns"][0] == -1 - 1 + 5 * 3
-    assert agent.bank_sizes == [[0], [1], [2]]  # the bank grows after each failure, at once
+    # read at the start and again after each of the 5 episodes; it grows after each failure, at once
+    assert agent.bank_sizes == [[0], [1], [2], [2], [2], [2]]
     summary = gf.summarize(result, 3)
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
 
