@@ -755,6 +755,7 @@ if __name__ == "__main__":
     prev_actions_buf, prev_rewards_buf, starts_buf = torch.zeros(shape, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
     terminated_buf, truncated_buf, success_buf = (np.zeros(shape, bool) for _ in range(3))
 
+    checkpoint = f"runs/{run_name}/agent.pt"
     global_step = 0
     start_time = time.time()
     for iteration in range(1, args.num_iterations + 1):
@@ -887,8 +888,8 @@ if __name__ == "__main__":
             summary = summarize(result, args.num_blocks)
             log_eval(writer, summary, global_step)
             print_table(summary, args.num_blocks, f"evaluation at step {global_step} on {num_levels} held-out levels")
+            # written at every evaluation, so a long run that is stopped still leaves its agent
+            torch.save({"model": agent.state_dict(), "args": vars(args), "global_step": global_step}, checkpoint)
 
-    checkpoint = f"runs/{run_name}/agent.pt"
-    torch.save({"model": agent.state_dict(), "args": vars(args)}, checkpoint)
     print(f"checkpoint: {checkpoint}")
     writer.close()
