@@ -77,8 +77,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda is used when available"""
-    threads: int = 0
-    """torch CPU threads (0: one per core)"""
+    threads: int = 1
+    """torch CPU threads (0: one per core); 1 by default, as the env workers render on the same cores"""
     track: bool = False
     """if toggled, log to Weights & Biases too (offline when no W&B login is found)"""
     wandb_project_name: str = "failmem"
@@ -346,12 +346,16 @@ class TrialWorker(gym.Env):
 
     def __init__(self, index, num_envs, level_sets, obs_size=64, max_episode_steps=80):
         self.index, self.num_envs, self.level_sets = index, num_envs, level_sets
-        self.envs = [MiniworldFailmem(level_sets["train"], obs_size, max_episode_steps) for _ in range(num_envs)]
+        self.obs_size, self.max_episode_steps = obs_size, max_episode_steps
+        self.envs = []  # made at the first reset: AsyncVectorEnv builds one worker in the parent only to read its spaces
         self.observation_space = gym.spaces.Box(0, 255, (num_envs, obs_size, obs_size, 3), np.uint8)
         self.action_space = gym.spaces.MultiDiscrete([len(ACTION_NAMES)] * num_envs)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
+        if not self.envs:
+            self.envs = [MiniworldFailmem(self.level_sets["train"], self.obs_size, self.max_episode_steps)
+                         for _ in range(self.num_envs)]
         mine = np.asarray(options["levels"])[self.index * self.num_envs : (self.index + 1) * self.num_envs]
         frames = []
         for env, level in zip(self.envs, mine):
