@@ -8,11 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import miniworld_failmem as mw  # noqa: E402
+
+torch.set_num_threads(1)  # the env renders on the same cores; more threads only wait on each other
 
 SCRIPT = os.path.join(ROOT, "miniworld_failmem.py")
 TINY = [
@@ -168,6 +171,30 @@ def test_vector_matches_single_envs_and_restarts_the_level():
         vector.close()
 
 
+@pytest.mark.parametrize("agent_name", mw.AGENTS)
+def test_evaluate_every_agent_on_held_out_levels(agent_name):
+    """Evaluation over the env vector: 3 held-out levels on 2 envs (the last chunk padded),
+    greedy episodes whose bookkeeping agrees with the levels' targets and the rewards."""
+    level_sets = {"train": mw.make_levels("train", 2), "test": mw.make_levels("test", 3)}
+    args = mw.Args(agent=agent_name, obs_size=32, trial_len=30, eval_episodes=3, mem_len=3, mem_size=2, embed_dim=16)
+    torch.manual_seed(0)
+    agent = mw.Agent(args, len(mw.ACTION_NAMES))
+    torch.nn.init.normal_(agent.actor.weight, std=1.0)  # greedy actions that depend on the view, so boxes get hit
+    envs = mw.MiniworldVector(level_sets, num_envs=2, num_workers=0, obs_size=32, max_episode_steps=30)
+    try:
+        result = mw.evaluate(agent, args, envs, np.arange(3), "cpu")
+    finally:
+        envs.close()
+    success, hits, returns = result["success"], result["hits"], result["returns"]
+    assert success.shape == hits.shape == (3, 3) and returns.shape == (3,)
+    assert (hits >= 0).any()
+    goals = level_sets["test"]["goals"][:3, None]
+    np.testing.assert_array_equal(success, hits == goals)
+    np.testing.assert_allclose(returns, (5.0 * success - 1.0 * ((hits >= 0) & ~success)).sum(1))
+    summary = mw.summarize(result, mw.NUM_BOXES)
+    assert sum(summary[mode] for mode in mw.ERROR_MODES) == pytest.approx(1.0)
+
+
 def run_script(*flags, env=None):
     return subprocess.run(
         [sys.executable, SCRIPT, *flags], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env
@@ -176,7 +203,9 @@ def run_script(*flags, env=None):
 
 @pytest.mark.parametrize("agent", ["memory", "snail"])
 def test_train_then_eval_only(agent, tmp_path):
-    flags = [*TINY, "--agent", agent, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
+    # the memory run steps its envs in 2 worker processes, the snail run in its own process
+    workers = ["--num-workers", "2" if agent == "memory" else "0"]
+    flags = [*TINY, *workers, "--agent", agent, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
     train = run_script(*flags)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "update 2/2" in train.stdout
@@ -185,7 +214,7 @@ def test_train_then_eval_only(agent, tmp_path):
     assert os.path.isfile(checkpoint)
     if agent == "memory":
         assert " 0 trajectories" not in train.stdout.splitlines()[-10]  # failures reached the bank
-    evaluation = run_script(*TINY, "--eval-only", "--checkpoint", checkpoint)
+    evaluation = run_script(*TINY, *workers, "--eval-only", "--checkpoint", checkpoint)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert "2 held-out levels" in evaluation.stdout and "bayes-optimal" in evaluation.stdout
     success_row = next(line for line in evaluation.stdout.splitlines() if line.startswith("success "))
