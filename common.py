@@ -201,11 +201,15 @@ class MemoryReader(nn.Module):
         return (1 - z) * y + z * v_o
 
     def forward(self, v_o, memory, valid):
-        """v_o (B, Q, E) queries, memory (B, N, E) trajectory embeddings, valid (B, N) bool."""
-        empty = ~valid.any(dim=1)
+        """v_o (B, Q, E) queries, memory (B, N, E) trajectory embeddings, valid (B, N) bool, or
+        (B, Q, N) when each query sees its own slots (a bank that grows during a trial)."""
+        if valid.dim() == 2:
+            valid = valid[:, None, :].expand(-1, v_o.shape[1], -1)
+        empty = ~valid.any(-1)
         # a fully masked row would give NaN; unmask slot 0 there and zero the result below
-        padding = ~valid
-        padding[:, 0] &= ~empty
-        m_d, _ = self.attention(v_o, memory, memory, key_padding_mask=padding, need_weights=False)
+        blocked = ~valid
+        blocked[..., 0] &= ~empty
+        mask = blocked.repeat_interleave(self.attention.num_heads, dim=0)
+        m_d, _ = self.attention(v_o, memory, memory, attn_mask=mask, need_weights=False)
         m_o = self.gate(m_d, v_o)
-        return m_o.masked_fill(empty[:, None, None], 0.0)
+        return m_o.masked_fill(empty[..., None], 0.0)

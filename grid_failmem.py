@@ -85,6 +85,8 @@ class Args:
     """N: failed trajectories kept per level, oldest dropped first"""
     mem_len: int = 6
     """L: last steps of a failed episode that are stored"""
+    mem_update: str = "trial"
+    """when training episodes enter the bank: trial (at the trial's end, the paper) or episode (as each ends, as at test)"""
     bank_ram_mb: float = 2048.0
     """bound on the banks' frames in MiB; past it the least recently used level's bank is dropped"""
 
@@ -168,6 +170,14 @@ def check_args(args):
         (
             not 1 <= args.mem_len <= args.trial_len,
             f"--mem-len must be between 1 and --trial-len {args.trial_len}, got {args.mem_len}",
+        ),
+        (
+            args.mem_update not in ("trial", "episode"),
+            f"--mem-update must be trial or episode, got {args.mem_update!r}",
+        ),
+        (
+            args.mem_update == "episode" and args.agent not in ("memory", "memory-sf", "memory-sf-mix"),
+            f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
         ),
         (args.bank_ram_mb <= 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
@@ -370,16 +380,61 @@ class MemoryBank:
     def get(self, levels):
         """The banks of `levels` as arrays: frames (B, N, L, H, W, 3), actions and rewards
         (B, N, L), valid steps (B, N, L); an empty slot has no valid step."""
-        n, length = self.mem_size, self.mem_len
-        frames = np.zeros((len(levels), n, length, *self.obs_shape), np.uint8)
-        actions = np.zeros((len(levels), n, length), np.int64)
-        rewards = np.zeros((len(levels), n, length), np.float32)
-        valid = np.zeros((len(levels), n, length), bool)
-        for i, level in enumerate(levels):
-            for j, trajectory in enumerate(self.banks.get(level, ())):
-                frames[i, j], actions[i, j], rewards[i, j], valid[i, j] = trajectory
-            if level in self.banks:
-                self.banks.move_to_end(level)
+        return TrialMemory(self, levels).arrays(self.mem_size)
+
+    def trajectories(self, level):
+        """The trajectories stored for `level`, oldest first; reading a level marks it used."""
+        if level in self.banks:
+            self.banks.move_to_end(level)
+        return self.banks.get(level, [])
+
+
+class TrialMemory:
+    """One bank as the envs of a trial see it, step by step: the trajectories it held when the
+    trial began, then those stored during the trial (`--mem-update episode`), each visible from
+    the step after it was stored until the bank drops it (FIFO, clearing, RAM eviction)."""
+
+    NEVER = 1 << 30
+
+    def __init__(self, bank, levels):
+        self.bank, self.levels = bank, levels
+        self.slots = [list(bank.trajectories(level)) for level in levels]
+        self.added = [[0] * len(slots) for slots in self.slots]
+        self.removed = [[self.NEVER] * len(slots) for slots in self.slots]
+
+    def store(self, env, t, frames, actions, rewards):
+        """The episode of `env` that ended with the transition of step t enters the bank now and
+        is seen from step t + 1; what the bank dropped to make room is gone from step t + 1."""
+        level = self.levels[env]
+        self.bank.add(level, frames, actions, rewards)
+        live = {id(trajectory) for trajectory in self.bank.banks.get(level, ())}
+        for j, trajectory in enumerate(self.slots[env]):
+            if self.removed[env][j] == self.NEVER and id(trajectory) not in live:
+                self.removed[env][j] = t + 1
+        self.slots[env].append(self.bank.banks[level][-1])
+        self.added[env].append(t + 1)
+        self.removed[env].append(self.NEVER)
+        return len(self.slots[env]) - 1
+
+    def visible(self, num_slots, steps):
+        """(B, len(steps), num_slots) bool: slot j is in the bank at step t."""
+        added = np.full((len(self.levels), num_slots), self.NEVER)
+        removed = np.full((len(self.levels), num_slots), self.NEVER)
+        for env, (a, r) in enumerate(zip(self.added, self.removed)):
+            added[env, : len(a)], removed[env, : len(r)] = a, r
+        steps = np.asarray(steps)[None, :, None]
+        return (added[:, None] <= steps) & (steps < removed[:, None])
+
+    def arrays(self, num_slots):
+        """frames (B, num_slots, L, H, W, 3), actions, rewards, valid steps (B, num_slots, L)."""
+        length, shape = self.bank.mem_len, self.bank.obs_shape
+        frames = np.zeros((len(self.levels), num_slots, length, *shape), np.uint8)
+        actions = np.zeros((len(self.levels), num_slots, length), np.int64)
+        rewards = np.zeros((len(self.levels), num_slots, length), np.float32)
+        valid = np.zeros((len(self.levels), num_slots, length), bool)
+        for env, slots in enumerate(self.slots):
+            for j, trajectory in enumerate(slots):
+                frames[env, j], actions[env, j], rewards[env, j], valid[env, j] = trajectory
         return frames, actions, rewards, valid
 
 
@@ -396,13 +451,20 @@ def ended_episodes(terminated, truncated, success):
                 start = t + 1
 
 
-def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards):
-    """Sec. 2: failures enter the bank; memory-sf keeps successes in a second bank, memory-sf-mix
-    keeps both in one (Sec. 3.4)."""
+def bank_for(agent_name, succeeded):
+    """The bank an episode enters, or None. Sec. 2: failures; Sec. 3.4: memory-sf keeps successes
+    in a second bank, memory-sf-mix keeps both in one; snail has no bank."""
+    if agent_name == "snail":
+        return None
     if not succeeded or agent_name == "memory-sf-mix":
-        banks[0].add(level, frames, actions, rewards)
-    elif agent_name == "memory-sf":
-        banks[1].add(level, frames, actions, rewards)
+        return 0
+    return 1 if agent_name == "memory-sf" else None
+
+
+def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards):
+    index = bank_for(agent_name, succeeded)
+    if index is not None:
+        banks[index].add(level, frames, actions, rewards)
 
 
 def make_banks(args, obs_shape, ram_bytes):
@@ -456,7 +518,7 @@ class Agent(nn.Module):
         """Sec. 2.1: v_tau for every slot of the banks (frames (B, N, L, H, W, 3), actions,
         rewards, valid (B, N, L)) -> (B, N, E), and the slots that hold a trajectory. Only filled
         slots go through the CNN and the Transformer."""
-        frames, actions, rewards, valid = bank
+        frames, actions, rewards, valid = bank[:4]
         slots = valid.any(-1)
         memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
         if slots.any():
@@ -480,7 +542,7 @@ class Agent(nn.Module):
     def memory_prefix(self, bank):
         """snail-cat: the bank's steps as SNAIL inputs (B, N * L, in), each step with its own
         action and reward; empty steps are all zero."""
-        frames, actions, rewards, valid = bank
+        frames, actions, rewards, valid = bank[:4]
         first = valid & ~F.pad(valid, (1, 0))[..., :-1]  # where a stored trajectory starts
         steps = torch.cat([self.obs_embed(self.cnn(frames)), F.one_hot(actions, self.num_actions).float(),
                            rewards[..., None], first[..., None].float(), torch.ones_like(rewards)[..., None]], -1)
@@ -514,13 +576,15 @@ class Agent(nn.Module):
         return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories)
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
-        """Whole trials (B, T, ...) at once, as the PPO update sees them."""
+        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank is (frames,
+        actions, rewards, valid steps, visible (B, T, M))."""
         obs_embed = self.obs_embed(self.cnn(frames))
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
         if self.prefix_len:
             x = torch.cat([self.memory_prefix(banks[0]), x], 1)
         trial_features = self.snail(x)[:, self.prefix_len :]
-        memories = self.read_banks(banks)
+        # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
+        memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
         logits, values = self.heads(trial_features, obs_embed, memories)
         dist = Categorical(logits=logits)
         if actions is None:
@@ -763,21 +827,25 @@ if __name__ == "__main__":
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         # rollout: one trial of T steps per env on a freshly drawn training level
-        levels = level_rng.integers(args.num_train_levels, size=args.num_envs)
+        levels = level_rng.choice(args.num_train_levels, args.num_envs, replace=args.num_train_levels < args.num_envs)
         frames = envs.set_levels(levels)
-        trial_banks = bank_tensors(banks, levels, "cpu")  # the banks as they were when the trial began
+        trial_memories = [TrialMemory(bank, levels) for bank in banks]
+        # slots a trial can see: the bank's N, and with --mem-update episode one per episode it stores
+        num_slots = args.mem_size + (args.trial_len if args.mem_update == "episode" else 0)
+        episode_begin = np.zeros(args.num_envs, np.int64)
         with torch.no_grad():
-            # Sec. 2.1: trajectory embeddings once per trial, not per step
-            trial_state = agent.begin_trial([[x.to(device) for x in bank] for bank in trial_banks], args.num_envs,
-                                            args.trial_len)
+            start = [[torch.as_tensor(x, device=device) for x in tm.arrays(num_slots)] for tm in trial_memories]
+            cache, memories = agent.begin_trial(start, args.num_envs, args.trial_len)  # Sec. 2.1: once per trial
             prev_actions = torch.zeros(args.num_envs, dtype=torch.long)
             prev_rewards, starts = torch.zeros(args.num_envs), torch.ones(args.num_envs)
             for t in range(args.trial_len):
                 frames_buf[:, t] = torch.from_numpy(frames)
                 prev_actions_buf[:, t], prev_rewards_buf[:, t], starts_buf[:, t] = prev_actions, prev_rewards, starts
+                seen = [(memory, filled & torch.as_tensor(tm.visible(num_slots, [t])[:, 0], device=device))
+                        for (memory, filled), tm in zip(memories, trial_memories)]
                 logits, value = agent.step(
                     frames_buf[:, t].to(device), prev_actions.to(device), prev_rewards.to(device),
-                    starts.to(device), trial_state, t,
+                    starts.to(device), (cache, seen), t,
                 )
                 dist = Categorical(logits=logits)
                 action = dist.sample()
@@ -786,14 +854,33 @@ if __name__ == "__main__":
                 rewards_buf[:, t] = torch.from_numpy(reward)
                 terminated_buf[:, t], truncated_buf[:, t], success_buf[:, t] = terminated, truncated, info["success"]
                 prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
-                starts = torch.from_numpy((terminated | truncated).astype(np.float32))
+                done = terminated | truncated
+                starts = torch.from_numpy(done.astype(np.float32))
+                if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step
+                    for env in np.flatnonzero(done):
+                        index = bank_for(args.agent, info["success"][env])
+                        if index is None:
+                            continue
+                        steps = slice(episode_begin[env], t + 1)
+                        slot = trial_memories[index].store(env, t, frames_buf[env, steps].numpy(),
+                                                           actions_buf[env, steps].numpy(), rewards_buf[env, steps].numpy())
+                        stored = [torch.as_tensor(x, device=device)[None, None] for x in trial_memories[index].slots[env][slot]]
+                        memories[index][0][env, slot] = agent.embed_memory(stored, index)[0][0, 0]
+                        memories[index][1][env, slot] = True
+                episode_begin[done] = t + 1
         global_step += args.batch_size
 
-        # Sec. 2: the trial's failed episodes enter their level's bank at the end of the trial
-        if args.agent != "snail":
+        # Sec. 2: by default the trial's failed episodes enter their level's bank at its end
+        if args.mem_update == "trial":
             for env, begin, end, succeeded in ended_episodes(terminated_buf, truncated_buf, success_buf):
                 store_episode(banks, args.agent, levels[env], succeeded, frames_buf[env, begin:end].numpy(),
                               actions_buf[env, begin:end].numpy(), rewards_buf[env, begin:end].numpy())
+        # what the update reads: every slot the trial saw, and at which steps it saw it
+        update_slots = max([args.mem_size] + [len(slots) for tm in trial_memories for slots in tm.slots])
+        trial_banks = [
+            [torch.as_tensor(x) for x in (*tm.arrays(update_slots), tm.visible(update_slots, range(args.trial_len)))]
+            for tm in trial_memories
+        ]
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
         with torch.no_grad():

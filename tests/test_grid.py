@@ -244,6 +244,35 @@ def test_sf_success_bank_is_cleared_when_full():
     assert [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [10, 11]
 
 
+def test_trial_memory_shows_each_stored_episode_from_the_next_step():
+    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
+    bank.add(5, *trajectory(5, 1))
+    trial = gf.TrialMemory(bank, [5, 6])
+    assert trial.store(0, 3, *trajectory(4, 2)) == 1  # env 0 (level 5) fails at step 3
+    assert trial.store(0, 7, *trajectory(4, 3)) == 2  # and at step 7: the bank drops trajectory 1
+    assert trial.store(1, 0, *trajectory(1, 4)) == 0  # env 1 (level 6) fails at step 0
+    visible = trial.visible(4, range(10))
+    assert visible.shape == (2, 10, 4)
+    assert visible[0, :, 0].tolist() == [True] * 8 + [False] * 2  # in the bank until step 7's episode
+    assert visible[0, :, 1].tolist() == [False] * 4 + [True] * 6
+    assert visible[0, :, 2].tolist() == [False] * 8 + [True] * 2
+    assert visible[1, :, 0].tolist() == [False] + [True] * 9
+    assert not visible[:, :, 3].any() and not visible[1, :, 1:].any()
+    frames, actions, rewards, valid = trial.arrays(4)
+    assert [frames[0, j, -1, 0, 0, 0] for j in range(3)] == [1, 2, 3]
+    assert valid[1, 0].tolist() == [False, False, False, True]  # padded at the front
+    assert [t[0][-1, 0, 0, 0] for t in bank.banks[5]] == [2, 3]  # the bank itself is a FIFO of N = 2
+
+
+def test_trial_memory_follows_the_success_bank_clearing():
+    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"), clear_when_full=True)
+    trial = gf.TrialMemory(bank, [0])
+    for t, value in ((1, 1), (2, 2), (5, 3)):
+        trial.store(0, t, *trajectory(3, value))
+    visible = trial.visible(3, [2, 3, 6])
+    assert visible[0].tolist() == [[True, False, False], [True, True, False], [False, False, True]]
+
+
 # --- agent ---------------------------------------------------------------------------------
 def small_args(**overrides):
     args = gf.Args(obs_size=16, trial_len=12, mem_size=3, mem_len=4, embed_dim=16, num_heads=4)
@@ -275,6 +304,7 @@ def test_step_mode_matches_whole_trial(agent_name):
         bank[3][0] = False  # env 0 has an empty bank
         bank[3][1, 2] = False
         bank[3][2, :, :2] = False
+        bank.append(torch.ones(B, T, 3, dtype=torch.bool))  # every slot seen at every step
         banks.append(bank)
     actions = torch.randint(0, 4, (B, T))
     with torch.no_grad():
@@ -292,10 +322,11 @@ def test_which_agents_read_which_bank():
     B = 2
     frames = torch.randint(0, 256, (B, 12, 16, 16, 3), dtype=torch.uint8)
     zeros = torch.zeros(B, 12, dtype=torch.long), torch.zeros(B, 12), torch.zeros(B, 12)
+    seen = torch.ones(B, 12, 3, dtype=torch.bool)
     empty = [torch.zeros(B, 3, 4, 16, 16, 3, dtype=torch.uint8), torch.zeros(B, 3, 4, dtype=torch.long),
-             torch.zeros(B, 3, 4), torch.zeros(B, 3, 4, dtype=torch.bool)]
+             torch.zeros(B, 3, 4), torch.zeros(B, 3, 4, dtype=torch.bool), seen]
     full = [torch.randint(0, 256, empty[0].shape, dtype=torch.uint8), empty[1], -torch.ones(B, 3, 4),
-            torch.ones(B, 3, 4, dtype=torch.bool)]
+            torch.ones(B, 3, 4, dtype=torch.bool), seen]
     actions = torch.zeros(B, 12, dtype=torch.long)
     expected = {"memory": True, "snail": False, "snail-cat": True, "memory-sf": True, "memory-sf-mix": True}
     for name, changes in expected.items():
@@ -410,17 +441,22 @@ def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     assert "bayes-optimal" in out.stdout and "3 held-out levels" in out.stdout
 
 
-def test_same_seed_gives_the_same_losses_and_rollout_matches_update(tmp_path):
-    flags = [*TINY, "--update-epochs", "1", "--trials-per-minibatch", "4", "--eval-every", "0", "--seed", "7"]
+@pytest.mark.parametrize("mem_update", ["trial", "episode"])
+def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, tmp_path):
+    flags = [*TINY, "--update-epochs", "1", "--trials-per-minibatch", "4", "--eval-every", "0", "--seed", "7",
+             "--mem-update", mem_update]
     runs = []
     for name in ("a", "b"):
         assert run_script(*flags, "--exp-name", name, cwd=tmp_path).returncode == 0
         [run_dir] = glob.glob(str(tmp_path / "runs" / f"grid__{name}__*"))
         runs.append({tag: scalars(run_dir, tag) for tag in ("losses/value_loss", "losses/policy_loss",
-                                                           "losses/entropy", "losses/approx_kl")})
+                                                           "losses/entropy", "losses/approx_kl",
+                                                           "memory/bank_filled_slots_per_trial")})
     assert runs[0] == runs[1]
     # one epoch of one minibatch: the update's log-probs equal the rollout's, bank included
     assert max(abs(kl) for kl in runs[0]["losses/approx_kl"]) < 1e-6
+    # with --mem-update episode the first trial already reads failures stored during it
+    assert (runs[0]["memory/bank_filled_slots_per_trial"][0] > 0) == (mem_update == "episode")
 
 
 def test_track_without_login_goes_offline(tmp_path):
@@ -445,6 +481,9 @@ BAD_FLAGS = [
     (dict(bank_ram_mb=-1), "--bank-ram-mb"),
     (dict(num_train_levels=0), "--num-train-levels"),
     (dict(trial_len=1), "--trial-len"),
+    (dict(mem_update="step"), "--mem-update"),
+    (dict(mem_update="episode", agent="snail"), "--mem-update"),
+    (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
     (dict(eval_only=True), "--checkpoint"),
     (dict(eval_only=True, checkpoint="missing.pt"), "--checkpoint"),
 ]
