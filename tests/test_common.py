@@ -471,6 +471,28 @@ def test_memory_reader_query_shape(Q):
     torch.testing.assert_close(one, out[:, -1:], atol=1e-5, rtol=1e-5)
 
 
+def test_memory_reader_per_query_slots():
+    """valid (B, Q, N): each query reads only its own slots, as one call per query would; a query
+    that sees no slot gets 0 (a bank that grows during a trial)."""
+    reader = MemoryReader(embed_dim=E, num_heads=4)
+    v_o, memory, _ = reader_inputs(B=2, Q=3, N=4)
+    per_query = torch.zeros(2, 3, 4, dtype=torch.bool)
+    per_query[:, 1, :2] = True
+    per_query[:, 2, 1:] = True
+    per_query[1, 2, :] = False
+    with torch.no_grad():
+        out = reader(v_o, memory, per_query)
+        for q in range(3):
+            alone = reader(v_o[:, q : q + 1], memory, per_query[:, q])
+            torch.testing.assert_close(out[:, q : q + 1], alone, atol=1e-5, rtol=1e-5)
+        # the same mask for every query equals the (B, N) form
+        shared = per_query[:, 1]
+        torch.testing.assert_close(reader(v_o, memory, shared[:, None].expand(-1, 3, -1)),
+                                   reader(v_o, memory, shared), atol=1e-6, rtol=1e-6)
+    assert (out[:, 0] == 0).all() and (out[1, 2] == 0).all()
+    assert (out[0, 2] != 0).any()
+
+
 # --------------------------------------------------------------------------------------------
 # layer_init
 # --------------------------------------------------------------------------------------------
