@@ -7,6 +7,7 @@ reads their TensorBoard logs and writes into docs/:
   grid_learning.png   training episode success and held-out success vs. steps, and the
                       per-episode test success of the final agents beside the Bayes-optimal line
   grid_learning.md    the final test table (500 held-out levels) and the command that made it
+  grid_learning_error_modes.png   the error modes of Fig. 3c/d over training, per run
 """
 
 import argparse
@@ -98,6 +99,7 @@ def plot(args, jobs, extra):
             wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - os.path.getctime(run)) / 60
             table.append(f"| {agent} | {seed} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                          + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
+    plot_error_modes(args, jobs, plt)
     optimal = bayes_optimal(3, 5)
     axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
     table.append("| Bayes-optimal | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
@@ -115,6 +117,24 @@ def plot(args, jobs, extra):
             "Final evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes):", "", *table, ""]
     (Path(args.out) / f"grid_{args.tag}.md").write_text("\n".join(text))
     print("\n".join(text))
+
+
+def plot_error_modes(args, jobs, plt):
+    """Fig. 3c/d: the four outcomes on the held-out levels of each periodic evaluation."""
+    from grid_failmem import ERROR_MODES
+
+    fig, axes = plt.subplots(1, len(jobs), figsize=(5 * len(jobs), 3.5), squeeze=False)
+    for ax, (agent, seed) in zip(axes[0], jobs):
+        runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{args.tag}__{agent}__{seed}__*")))
+        if not runs:
+            continue
+        curves = [scalars(runs[-1], f"eval/{mode}") for mode in ERROR_MODES]
+        ax.stackplot(curves[0][0], *[values for _, values in curves], labels=ERROR_MODES,
+                     colors=["tab:green", "tab:red", "tab:purple", "tab:gray"])
+        ax.set(title=f"{agent} seed {seed}: outcome of 5 test episodes", xlabel="env steps", ylim=(0, 1))
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(Path(args.out) / f"grid_{args.tag}_error_modes.png", dpi=100)
 
 
 if __name__ == "__main__":
