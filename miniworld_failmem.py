@@ -216,7 +216,7 @@ def check_args(args):
 # ---------------------------------------------------------------------------------------------
 # Miniworld (Sec. 3.2, Appendix A): one rectangular room of the `miniworld` package, 3 boxes,
 # first-person RGB. A box is touched when the agent's forward move collides with it (miniworld's
-# own `intersect`), not by `near()`: with 0.3 m steps `near()` fires 1.1 m from a box's centre,
+# own `intersect`), not by `near()`: with 0.3 m steps `near()` fires 1.15 m from a box's centre,
 # and three such discs cover most of a 4 m room, so walking past a box would count as choosing it.
 # ---------------------------------------------------------------------------------------------
 ROOM_SIZE = 4.0
