@@ -49,7 +49,7 @@ def main():
 
     jobs = [(agent, seed) for seed in args.seeds for agent in args.agents]
     if not args.plot_only:
-        running, started = [], time.time()
+        running, launched, started = [], [], time.time()
         for agent, seed in jobs:
             while len(running) >= args.parallel:
                 running = [p for p in running if p.poll() is None]
@@ -60,8 +60,12 @@ def main():
                        "--exp-name", args.tag, "--threads", "1", "--total-timesteps", str(args.total_timesteps), *extra]
             print(" ".join(command[4:]))
             running.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            launched.append(running[-1])
         for p in running:
             p.wait()
+        for p in launched:
+            if p.returncode:  # a run killed from outside loses its final evaluation: say so
+                print(f"{' '.join(p.args[4:9])} exited with {p.returncode}")
         print(f"all runs done in {(time.time() - started) / 60:.1f} min")
     plot(args, jobs, extra)
 
