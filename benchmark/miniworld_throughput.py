@@ -6,7 +6,7 @@
   (c) rollout inference: the memory agent's step (CNN, SNAIL cache, bank read) + the vector
   (d) training: miniworld_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it
 
-    python benchmark/miniworld_throughput.py [--obs-sizes 32 64] [--num-envs 16] [--threads 2]
+    python benchmark/miniworld_throughput.py [--obs-sizes 32 64] [--num-envs 16] [--threads 1]
 
 Writes docs/miniworld_throughput.md. Rendering and the network share the same cores, so the
 machine's load average is recorded before and after.
@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--obs-sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4, 16], help="worker counts timed in (b)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates", type=int, default=2, help="training updates timed in (d)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,12 +98,11 @@ def main():
         @torch.no_grad()
         def trial():
             frames = vector.set_levels(np.arange(args.num_envs))
-            memory, slots = agent.embed_memory(*[torch.as_tensor(x) for x in bank.get(range(args.num_envs))])
-            cache = agent.snail.init_cache(args.num_envs, 80)
+            trial_state = agent.begin_trial(mf.bank_tensors([bank], np.arange(args.num_envs), "cpu"), args.num_envs, 80)
             prev_a, prev_r = torch.zeros(args.num_envs, dtype=torch.long), torch.zeros(args.num_envs)
             starts = torch.ones(args.num_envs)
             for t in range(80):
-                logits, _ = agent.step(torch.from_numpy(frames), prev_a, prev_r, starts, cache, t, memory, slots)
+                logits, _ = agent.step(torch.from_numpy(frames), prev_a, prev_r, starts, trial_state, t)
                 prev_a = torch.distributions.Categorical(logits=logits).sample()
                 frames, reward, terminated, truncated, _ = vector.step(prev_a.numpy())
                 prev_r = torch.from_numpy(reward).float()
@@ -123,7 +122,7 @@ def main():
             rows.append((size, f"(d) training (rollout + PPO), {agent_name} agent, 2 workers", training))
 
     command = " ".join(["python benchmark/miniworld_throughput.py", "--obs-sizes", *map(str, args.obs_sizes),
-                        "--num-envs", str(args.num_envs), "--threads", str(args.threads)])
+                        "--num-envs", str(args.num_envs), "--workers", *map(str, args.workers), "--threads", str(args.threads)])
     text = [
         "# Miniworld throughput", "",
         f"Made by `{command}` on {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch threads, "
