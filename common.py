@@ -108,15 +108,24 @@ class CausalAttentionBlock(nn.Module):
         self.scale = 1.0 / math.sqrt(key_size)
         self.out_dim = in_dim + value_size
 
-    def forward(self, x):
-        read = F.scaled_dot_product_attention(self.query(x), self.key(x), self.value(x), is_causal=True)
+    def forward(self, x, allowed=None):
+        """x (B, T, D); `allowed` (B, T, T) bool narrows the past further (e.g. to one episode)."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if allowed is None:
+            read = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+            read = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed & causal)
         return torch.cat([x, read], dim=-1)
 
-    def step(self, x_t, history, t):
-        """Output at position t; `history` caches the keys and values of positions < t."""
+    def step(self, x_t, history, t, allowed=None):
+        """Output at position t; `history` caches the keys and values of positions < t;
+        `allowed` (B, t + 1) bool narrows the past as in `forward`."""
         keys, values = history
         keys[:, t], values[:, t] = self.key(x_t), self.value(x_t)
         logits = torch.einsum("bk,btk->bt", self.query(x_t), keys[:, : t + 1]) * self.scale
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         read = torch.einsum("bt,btv->bv", logits.softmax(-1), values[:, : t + 1])
         return torch.cat([x_t, read], dim=-1)
 

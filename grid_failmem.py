@@ -17,6 +17,7 @@ memory bank (Sec. 2), the agent (Sec. 2.1-2.3 with the blocks of common.py), the
 """
 
 import colorsys
+import copy
 import netrc
 import os
 import random
@@ -35,9 +36,9 @@ import tyro
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from common import SNAIL, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init
+from common import SNAIL, CausalAttentionBlock, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init
 
-AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix")
+AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune", "ppo-finetune-attn")
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Args:
     agent: str = "memory"
     """memory (the paper's method), snail (no bank), snail-cat (SNAIL over the bank's frames
     concatenated before the trial), memory-sf (a second bank of successes), memory-sf-mix (one
-    bank of successes and failures)"""
+    bank of successes and failures), ppo-finetune / ppo-finetune-attn (memoryless, fine-tuned at test)"""
     embed_dim: int = 64
     """E: embedding size"""
     num_heads: int = 4
@@ -454,7 +455,7 @@ def ended_episodes(terminated, truncated, success):
 def bank_for(agent_name, succeeded):
     """The bank an episode enters, or None. Sec. 2: failures; Sec. 3.4: memory-sf keeps successes
     in a second bank, memory-sf-mix keeps both in one; snail has no bank."""
-    if agent_name == "snail":
+    if agent_name in ("snail", "ppo-finetune", "ppo-finetune-attn"):
         return None
     if not succeeded or agent_name == "memory-sf-mix":
         return 0
@@ -481,7 +482,8 @@ class Agent(nn.Module):
     """memory: SNAIL over the trial + a reader of the failure bank (the paper's method).
     snail: SNAIL alone. snail-cat: SNAIL over the bank's frames concatenated before the trial
     (Sec. 3.1.4). memory-sf: a second bank of successes with its own reader; memory-sf-mix:
-    one bank of both (Sec. 3.4)."""
+    one bank of both (Sec. 3.4). ppo-finetune: a policy on o_t alone; ppo-finetune-attn: with
+    attention over the past steps of the episode (Sec. 3, both fine-tuned at test)."""
 
     def __init__(self, args, num_actions):
         super().__init__()
@@ -489,6 +491,7 @@ class Agent(nn.Module):
         self.num_readers = {"memory": 1, "memory-sf-mix": 1, "memory-sf": 2}.get(args.agent, 0)
         self.use_memory = self.num_readers > 0
         self.prefix_len = args.mem_size * args.mem_len if args.agent == "snail-cat" else 0
+        self.memoryless = args.agent in ("ppo-finetune", "ppo-finetune-attn")
         embed_dim = args.embed_dim
         self.cnn = ImpalaCNN(args.obs_size, out_dim=256)
         # v'_o = MLP(CNN(o_t)): the query of the memory read and the observation input of SNAIL
@@ -496,7 +499,11 @@ class Agent(nn.Module):
         # SNAIL's input per step: v'_o, previous action, previous reward, episode-start flag
         # (snail-cat: and a flag for the bank's steps)
         trial_in = embed_dim + num_actions + 2 + (1 if self.prefix_len else 0)
-        self.snail = SNAIL(trial_in, embed_dim, seq_len=args.trial_len + self.prefix_len)
+        if not self.memoryless:
+            self.snail = SNAIL(trial_in, embed_dim, seq_len=args.trial_len + self.prefix_len)
+        if args.agent == "ppo-finetune-attn":
+            self.episode_attention = CausalAttentionBlock(embed_dim, 32, 32)
+            self.episode_out = nn.Sequential(layer_init(nn.Linear(self.episode_attention.out_dim, embed_dim)), nn.ReLU())
         self.trial_mlp = nn.Sequential(layer_init(nn.Linear(embed_dim, embed_dim)), nn.ReLU())
         # per bank: Phi(o, a, r) of a stored step, the trajectory embedding (Sec. 2.1), the read (Sec. 2.2)
         self.step_embed = nn.ModuleList(
@@ -552,8 +559,14 @@ class Agent(nn.Module):
         """What a trial needs before its first step: the bank reads (computed once, Sec. 2.1),
         the SNAIL cache, and for snail-cat the cache filled with the bank's steps."""
         device = self.actor.weight.device
-        cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
         memories = self.read_banks(banks)
+        if self.name == "ppo-finetune":
+            return None, []
+        if self.memoryless:  # ppo-finetune-attn keeps the episode's keys, values and ids
+            keys = torch.zeros(batch_size, max_len, self.episode_attention.key.out_features, device=device)
+            values = torch.zeros(batch_size, max_len, self.episode_attention.value.out_features, device=device)
+            return dict(kv=(keys, values), episode=torch.zeros(batch_size, max_len, dtype=torch.long, device=device)), []
+        cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
         if self.prefix_len:
             prefix = self.memory_prefix(banks[0])
             for t in range(self.prefix_len):
@@ -572,6 +585,14 @@ class Agent(nn.Module):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
         cache, memories = trial_state
         obs_embed = self.obs_embed(self.cnn(frames))
+        if self.name == "ppo-finetune":
+            return self.heads(obs_embed, obs_embed, memories)
+        if self.name == "ppo-finetune-attn":
+            episode = (cache["episode"][:, t - 1] if t else 0) + episode_starts.long()
+            cache["episode"][:, t] = episode
+            same_episode = cache["episode"][:, : t + 1] == episode[:, None]
+            read = self.episode_attention.step(obs_embed, cache["kv"], t, same_episode)
+            return self.heads(self.episode_out(read), obs_embed, memories)
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
         return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories)
 
@@ -579,10 +600,17 @@ class Agent(nn.Module):
         """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank is (frames,
         actions, rewards, valid steps, visible (B, T, M))."""
         obs_embed = self.obs_embed(self.cnn(frames))
-        x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
-        if self.prefix_len:
-            x = torch.cat([self.memory_prefix(banks[0]), x], 1)
-        trial_features = self.snail(x)[:, self.prefix_len :]
+        if self.name == "ppo-finetune":
+            trial_features = obs_embed
+        elif self.name == "ppo-finetune-attn":
+            episode = episode_starts.long().cumsum(1)
+            same_episode = episode[:, :, None] == episode[:, None, :]
+            trial_features = self.episode_out(self.episode_attention(obs_embed, same_episode))
+        else:
+            x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
+            if self.prefix_len:
+                x = torch.cat([self.memory_prefix(banks[0]), x], 1)
+            trial_features = self.snail(x)[:, self.prefix_len :]
         # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
         memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
         logits, values = self.heads(trial_features, obs_embed, memories)
@@ -590,6 +618,65 @@ class Agent(nn.Module):
         if actions is None:
             actions = dist.sample()
         return actions, dist.log_prob(actions), dist.entropy(), values
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO (Appendix A) over whole sequences: the training trials, and at test ppo-finetune's episodes
+# ---------------------------------------------------------------------------------------------
+def compute_gae(rewards, values, gamma, gae_lambda):
+    """Advantages and returns of (B, T) sequences whose last step ends them."""
+    with torch.no_grad():
+        advantages = torch.zeros_like(rewards)
+        last_gae = torch.zeros(rewards.shape[0])
+        for t in reversed(range(rewards.shape[1])):
+            next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(rewards.shape[0])
+            delta = rewards[:, t] + gamma * next_value - values[:, t]
+            last_gae = delta + gamma * gae_lambda * last_gae
+            advantages[:, t] = last_gae
+    return advantages, advantages + values
+
+
+def ppo_update(agent, optimizer, args, batch, device):
+    """`update_epochs` epochs of clipped PPO over the sequences in `batch` (tensors (B, T, ...)),
+    `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
+    clipfracs = []
+    for epoch in range(args.update_epochs):
+        for idx in torch.randperm(len(batch["actions"])).split(args.trials_per_minibatch):
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                batch["frames"][idx].to(device), batch["prev_actions"][idx].to(device),
+                batch["prev_rewards"][idx].to(device), batch["starts"][idx].to(device),
+                [[x[idx].to(device) for x in bank] for bank in batch["banks"]], batch["actions"][idx].to(device),
+            )
+            mb_logprobs, mb_advantages = batch["logprobs"][idx].to(device), batch["advantages"][idx].to(device)
+            mb_returns, mb_values = batch["returns"][idx].to(device), batch["values"][idx].to(device)
+            logratio = newlogprob - mb_logprobs
+            ratio = logratio.exp()
+            with torch.no_grad():
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            if args.norm_adv and mb_advantages.numel() > 1:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+            pg_loss = torch.max(
+                -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+            ).mean()
+            if args.clip_vloss:
+                v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+        if args.target_kl is not None and approx_kl > args.target_kl:
+            break
+    return dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item(),
+                old_approx_kl=old_approx_kl.item(), approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,6 +704,8 @@ def bayes_optimal(num_blocks, episodes):
 @torch.no_grad()
 def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
     """Run `eval_episodes` greedy episodes on each level; returns per-level arrays."""
+    if agent.memoryless:
+        return evaluate_finetune(agent, args, test_levels, level_ids, device, video_path)
     episodes, limit = args.eval_episodes, args.trial_len
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
@@ -667,6 +756,55 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
             prev_actions = torch.as_tensor(actions, device=device)
             prev_rewards = torch.as_tensor(rewards, dtype=torch.float32, device=device)
             starts = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+    if video_path is not None:
+        write_video(video_path, video_frames)
+    return dict(success=success, hits=hits, returns=returns)
+
+
+def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=None):
+    """PPO-finetune (Sec. 3): on each held-out level, starting from the trained weights, greedy
+    episodes, each followed by PPO on its own steps; the trained weights come back after every
+    level and at the end."""
+    trained = copy.deepcopy(agent.state_dict())
+    episodes, limit = args.eval_episodes, args.trial_len
+    success = np.zeros((len(level_ids), episodes), bool)
+    hits = np.full((len(level_ids), episodes), -1)
+    returns = np.zeros(len(level_ids))
+    env = GridWorld(test_levels, args.grid_size, args.obs_size, limit)
+    video_frames = []
+    for n, level in enumerate(level_ids):
+        agent.load_state_dict(trained)
+        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+        for k in range(episodes):
+            obs, _ = env.reset(options={"level": int(level)})
+            steps = dict(frames=[], actions=[], logprobs=[], values=[], rewards=[])
+            with torch.no_grad():
+                trial_state = agent.begin_trial([], 1, limit)
+                zero = torch.zeros(1, device=device)
+                for t in range(limit):
+                    if video_path is not None and n < 3:  # no bank: an empty panel beside the view
+                        video_frames.append(video_frame(obs[None], np.zeros((1, 1, 1, *obs.shape), np.uint8)))
+                    frame = torch.as_tensor(obs, device=device)[None]
+                    logits, value = agent.step(frame, zero.long(), zero, zero + (t == 0), trial_state, t)
+                    action = logits.argmax(-1)
+                    obs, reward, terminated, truncated, info = env.step(int(action))
+                    for key, x in zip(steps, (frame[0], action[0], torch.log_softmax(logits, -1)[0, action[0]],
+                                              value[0], torch.tensor(reward, dtype=torch.float32))):
+                        steps[key].append(x.cpu())
+                    if terminated or truncated:
+                        break
+            success[n, k], hits[n, k] = info["success"], info["hit"]
+            returns[n] += sum(steps["rewards"]).item()
+            episode = {key: torch.stack(x)[None] for key, x in steps.items()}
+            advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma, args.gae_lambda)
+            num_steps = episode["actions"].shape[1]
+            batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
+                         prev_rewards=torch.zeros(1, num_steps), starts=F.pad(torch.ones(1, 1), (0, num_steps - 1)),
+                         banks=[], actions=episode["actions"], logprobs=episode["logprobs"], advantages=advantages,
+                         returns=episode_returns, values=episode["values"])
+            with torch.enable_grad():
+                ppo_update(agent, optimizer, args, batch, device)
+    agent.load_state_dict(trained)
     if video_path is not None:
         write_video(video_path, video_frames)
     return dict(success=success, hits=hits, returns=returns)
@@ -883,53 +1021,11 @@ if __name__ == "__main__":
         ]
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
-        with torch.no_grad():
-            advantages = torch.zeros(shape)
-            last_gae = torch.zeros(args.num_envs)
-            for t in reversed(range(args.trial_len)):
-                next_value = values_buf[:, t + 1] if t + 1 < args.trial_len else torch.zeros(args.num_envs)
-                delta = rewards_buf[:, t] + args.gamma * next_value - values_buf[:, t]
-                last_gae = delta + args.gamma * args.gae_lambda * last_gae
-                advantages[:, t] = last_gae
-            returns = advantages + values_buf
-
-        # PPO epochs over whole trials
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            for idx in torch.randperm(args.num_envs).split(args.trials_per_minibatch):
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                    frames_buf[idx].to(device), prev_actions_buf[idx].to(device), prev_rewards_buf[idx].to(device),
-                    starts_buf[idx].to(device), [[x[idx].to(device) for x in bank] for bank in trial_banks],
-                    actions_buf[idx].to(device),
-                )
-                mb_logprobs, mb_advantages = logprobs_buf[idx].to(device), advantages[idx].to(device)
-                mb_returns, mb_values = returns[idx].to(device), values_buf[idx].to(device)
-                logratio = newlogprob - mb_logprobs
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                pg_loss = torch.max(
-                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                ).mean()
-                if args.clip_vloss:
-                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
-                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-            if args.target_kl is not None and approx_kl > args.target_kl:
-                break
+        advantages, returns = compute_gae(rewards_buf, values_buf, args.gamma, args.gae_lambda)
+        trials = dict(frames=frames_buf, prev_actions=prev_actions_buf, prev_rewards=prev_rewards_buf, starts=starts_buf,
+                      banks=trial_banks, actions=actions_buf, logprobs=logprobs_buf, advantages=advantages,
+                      returns=returns, values=values_buf)
+        stats = ppo_update(agent, optimizer, args, trials, device)
 
         y_pred, y_true = values_buf.flatten().numpy(), returns.flatten().numpy()
         var_y = np.var(y_true)
@@ -945,12 +1041,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/episode_success", train_success, global_step)
         writer.add_scalar("charts/episodes_per_trial", episodes_done / args.num_envs, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        for key, value in stats.items():
+            writer.add_scalar(f"losses/{key}", value, global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         for name, bank, trial_bank in zip(("bank", "success_bank"), banks, trial_banks):
             writer.add_scalar(f"memory/{name}_levels", len(bank.banks), global_step)

@@ -328,7 +328,8 @@ def test_which_agents_read_which_bank():
     full = [torch.randint(0, 256, empty[0].shape, dtype=torch.uint8), empty[1], -torch.ones(B, 3, 4),
             torch.ones(B, 3, 4, dtype=torch.bool), seen]
     actions = torch.zeros(B, 12, dtype=torch.long)
-    expected = {"memory": True, "snail": False, "snail-cat": True, "memory-sf": True, "memory-sf-mix": True}
+    expected = {"memory": True, "snail": False, "snail-cat": True, "memory-sf": True, "memory-sf-mix": True,
+                "ppo-finetune": False, "ppo-finetune-attn": False}
     for name, changes in expected.items():
         agent = gf.Agent(small_args(agent=name), 4)
         with torch.no_grad():
@@ -338,6 +339,53 @@ def test_which_agents_read_which_bank():
         assert (not torch.allclose(out_empty, out_full)) == changes, name
         # only memory-sf reads a second (success) bank
         assert (not torch.allclose(out_empty, out_success)) == (name == "memory-sf"), name
+
+
+def test_finetune_agents_see_only_the_current_episode():
+    """ppo-finetune acts on o_t alone, ppo-finetune-attn on the steps of the current episode;
+    SNAIL sees the whole trial."""
+    torch.manual_seed(0)
+    B, T = 2, 12
+    frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
+    other = frames.clone()
+    other[:, :5] = torch.randint(0, 256, (B, 5, 16, 16, 3), dtype=torch.uint8)  # change episode 1 only
+    other[:, 6] = torch.randint(0, 256, (B, 16, 16, 3), dtype=torch.uint8)  # and one step of episode 2
+    starts = torch.zeros(B, T)
+    starts[:, 0] = starts[:, 5] = 1  # episode 2 starts at step 5
+    zeros = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T)
+    actions = torch.zeros(B, T, dtype=torch.long)
+    for name in ("ppo-finetune", "ppo-finetune-attn", "snail"):
+        agent = gf.Agent(small_args(agent=name), 4)
+        with torch.no_grad():
+            a = agent.get_action_and_value(frames, *zeros, starts, [], actions)[3]  # values: the actor
+            b = agent.get_action_and_value(other, *zeros, starts, [], actions)[3]  # starts near uniform
+        assert torch.allclose(a[:, 5], b[:, 5]) == (name != "snail"), name  # episode 1 unseen from episode 2
+        assert torch.allclose(a[:, 7], b[:, 7]) == (name == "ppo-finetune"), name  # step 6 seen by attention
+
+
+def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeypatch):
+    torch.manual_seed(0)
+    args = small_args(agent="ppo-finetune-attn", trial_len=20, eval_episodes=3, learning_rate=1e-2)
+    agent = gf.Agent(args, 4)
+    trained = {k: v.clone() for k, v in agent.state_dict().items()}
+    levels = gf.make_levels("test", 2, W, X)
+    calls, changed = [], []
+    original = gf.ppo_update
+
+    def counting_update(model, optimizer, update_args, batch, device):
+        before = [p.clone() for p in model.parameters()]
+        stats = original(model, optimizer, update_args, batch, device)
+        changed.append(any(not torch.equal(p, q) for p, q in zip(before, model.parameters())))
+        calls.append(batch["actions"].shape)
+        return stats
+
+    monkeypatch.setattr(gf, "ppo_update", counting_update)
+    result = gf.evaluate(agent, args, levels, np.arange(2), "cpu")
+    assert len(calls) == 2 * 3 and all(changed)  # PPO after every episode of every level
+    assert all(shape[0] == 1 and 1 <= shape[1] <= 20 for shape in calls)
+    assert result["success"].shape == (2, 3)
+    for key, value in agent.state_dict().items():  # the trained weights are untouched afterwards
+        assert torch.equal(value, trained[key]), key
 
 
 # --- evaluation ----------------------------------------------------------------------------
