@@ -100,7 +100,7 @@ def plot(args, jobs, extra):
             per_episode = [f[-1] for f in final]
             axes[2].plot(range(1, 6), per_episode, marker="o", label=f"{agent} seed {seed}", color=colour)
             ret = scalars(run, "eval/mean_return")[1][-1]
-            wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - os.path.getctime(run)) / 60
+            wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - int(run.rsplit("__", 1)[1])) / 60  # from run_name's start
             table.append(f"| {agent} | {seed} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                          + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
     optimal = bayes_optimal(3, 5)
@@ -117,7 +117,8 @@ def plot(args, jobs, extra):
     command = f"python benchmark/reacher_learning.py --total-timesteps {args.total_timesteps} --seeds " + " ".join(
         map(str, args.seeds)) + f" --tag {args.tag}" + (" -- " + " ".join(extra) if extra else "")
     text = [f"# UR reacher: {' vs. '.join(args.agents)}", "", f"Made by `{command}`.", "",
-            "Final evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes):", "", *table, ""]
+            "Final evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes); minutes: "
+            "wall time of the run, training and final evaluation:", "", *table, "", f"![curves](reacher_{args.tag}.png)", ""]
     (Path(args.out) / f"reacher_{args.tag}.md").write_text("\n".join(text))
     print("\n".join(text))
 
