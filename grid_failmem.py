@@ -732,7 +732,7 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
             logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
             actions = logits.argmax(-1).cpu().numpy()
             if video_path is not None and chunk_start == 0:
-                video_frames.append(video_frame(frames[:3], banks[0].get(chunk[:3])[0]))
+                video_frames.append(video_frame(frames[:3], banks[0].get(chunk[:3])))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
             frames, rewards, terminated, truncated, info = envs.step(actions)
             ep_rewards[rows, ep_len] = rewards
@@ -771,7 +771,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
     hits = np.full((len(level_ids), episodes), -1)
     returns = np.zeros(len(level_ids))
     env = GridWorld(test_levels, args.grid_size, args.obs_size, limit)
-    video_frames = []
+    video_frames, no_bank = [], MemoryBank(1, 1, env.observation_space.shape, 0).get([0])
     for n, level in enumerate(level_ids):
         agent.load_state_dict(trained)
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -783,7 +783,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
                 zero = torch.zeros(1, device=device)
                 for t in range(limit):
                     if video_path is not None and n < 3:  # no bank: an empty panel beside the view
-                        video_frames.append(video_frame(obs[None], np.zeros((1, 1, 1, *obs.shape), np.uint8)))
+                        video_frames.append(video_frame(obs[None], no_bank))
                     frame = torch.as_tensor(obs, device=device)[None]
                     logits, value = agent.step(frame, zero.long(), zero, zero + (t == 0), trial_state, t)
                     action = logits.argmax(-1)
@@ -835,21 +835,23 @@ def print_table(summary, num_blocks, title):
     print(f"mean return {summary['mean_return']:.3f} | " + " | ".join(f"{m} {summary[m]:.3f}" for m in ERROR_MODES))
 
 
-def video_frame(frames, bank_frames):
+def video_frame(frames, bank):
     """The agent's view (left, enlarged) beside the frames in its bank (one row per stored
-    failure, its last steps left to right), for a few test levels stacked vertically."""
-    tile = 32
+    trajectory, up to 4, their last 6 steps left to right; padding grey), for a few test levels
+    stacked vertically. `bank` is what `MemoryBank.get` returns for those levels."""
+    tile = 48
+
+    def resize(images, side):  # nearest neighbour, any size
+        index = np.arange(side) * images.shape[-2] // side
+        return images[..., index, :, :][..., index, :]
+
+    stored = np.where(bank[3][..., None, None, None], bank[0], 128)[:, :4, -6:]
     rows = []
-    for view, bank in zip(frames, bank_frames):
-        size = frames.shape[1]
-        big = view.repeat(4 * tile // size, 0).repeat(4 * tile // size, 1)
-        stored = bank[:4, -6:]  # up to 4 failures, their last 6 steps
-        small = stored.repeat(tile // size, 2).repeat(tile // size, 3) if size <= tile else stored[:, :, ::2, ::2]
+    for view, trajectories in zip(frames, resize(stored, tile)):
         grid = np.full((4 * tile, 6 * tile, 3), 128, np.uint8)
-        grid[: small.shape[0] * tile, : small.shape[1] * tile] = (
-            small.transpose(0, 2, 1, 3, 4).reshape(small.shape[0] * tile, small.shape[1] * tile, 3)
-        )
-        rows.append(np.concatenate([big, np.full((4 * tile, 4, 3), 255, np.uint8), grid], 1))
+        k, length = trajectories.shape[:2]
+        grid[: k * tile, : length * tile] = trajectories.transpose(0, 2, 1, 3, 4).reshape(k * tile, length * tile, 3)
+        rows.append(np.concatenate([resize(view, 4 * tile), np.full((4 * tile, 4, 3), 255, np.uint8), grid], 1))
     return np.concatenate(rows, 0)
 
 
