@@ -452,6 +452,19 @@ def test_evaluation_stores_failures_as_they_happen():
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
 
 
+def test_video_frame_shows_the_view_beside_the_bank():
+    bank = gf.MemoryBank(mem_size=8, mem_len=6, obs_shape=(16, 16, 3), ram_bytes=float("inf"))
+    bank.add(0, *trajectory(2, 7, obs_shape=(16, 16, 3)))
+    image = gf.video_frame(np.full((1, 16, 16, 3), 200, np.uint8), bank.get([0]))
+    tile = 48
+    assert image.shape == (4 * tile, 4 * tile + 4 + 6 * tile, 3) and image.dtype == np.uint8
+    assert (image[:, : 4 * tile] == 200).all()  # the agent's view, enlarged
+    panel = image[:, 4 * tile + 4 :]
+    assert (panel[:tile, 4 * tile :] == 7).all()  # the stored failure's 2 steps, last on the right
+    assert (panel[:tile, : 4 * tile] == 128).all()  # its front padding is grey
+    assert (panel[tile:] == 128).all()  # empty slots
+
+
 # --- the script end to end -----------------------------------------------------------------
 TINY = ["--num-envs", "4", "--trial-len", "20", "--total-timesteps", "160", "--trials-per-minibatch", "2",
         "--num-train-levels", "2", "--num-test-levels", "3", "--eval-episodes", "2", "--eval-every", "1",
