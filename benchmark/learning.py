@@ -1,0 +1,161 @@
+"""Agents side by side on one environment, same seeds and budget (paper Fig. 3a/b, 4c/d, 5, A.1).
+
+    python benchmark/learning.py --env grid --total-timesteps 400000 -- --num-train-levels 1000
+    python benchmark/learning.py --env miniworld --agents memory snail --seeds 1 2 3 -- --obs-size 32
+
+Trains every (agent, seed) with {env}_failmem.py (one torch thread each, `--parallel` at once;
+flags after `--` go to every run), then reads their TensorBoard logs and writes into docs/:
+  {env}_{tag}.png              training episode success and held-out success vs. steps, and the
+                               per-episode test success of the final agents beside the Bayes-optimal line
+  {env}_{tag}_error_modes.png  the four outcomes of Fig. 3c/d at each periodic evaluation, per run
+  {env}_{tag}.md               the final test table and the command that made it
+`--plot-only` redraws from the runs already under runs/.
+"""
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TITLES = {"grid": "Gridworld", "miniworld": "3D Miniworld", "reacher": "UR reacher"}
+ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")  # as the scripts log them
+
+
+def scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return np.zeros(0), np.zeros(0)
+    events = accumulator.Scalars(tag)
+    return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=sorted(TITLES), default="grid")
+    parser.add_argument("--agents", nargs="+", default=["memory", "snail"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--total-timesteps", type=int, default=400_000)
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once, one torch thread each")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the runs (10 leaves the cores to others)")
+    parser.add_argument("--tag", default="learning", help="exp-name of the runs and suffix of the docs files")
+    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--plot-only", action="store_true", help="only read existing runs/ and plot")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags passed to every run")
+    args = parser.parse_args()
+    args.extra = [x for x in args.extra if x != "--"]
+
+    jobs = [(agent, seed) for seed in args.seeds for agent in args.agents]
+    if not args.plot_only:
+        (ROOT / "runs").mkdir(exist_ok=True)
+        running, launched, started = [], [], time.time()
+        for agent, seed in jobs:
+            while len(running) >= args.parallel:
+                running = [p for p in running if p.poll() is None]
+                time.sleep(5)
+            log = open(ROOT / "runs" / f"{args.env}_{args.tag}_{agent}_{seed}.log", "w")
+            command = ["nice", "-n", str(args.nice), sys.executable, str(ROOT / f"{args.env}_failmem.py"),
+                       "--agent", agent, "--seed", str(seed), "--exp-name", args.tag, "--threads", "1",
+                       "--total-timesteps", str(args.total_timesteps), *args.extra]
+            print(" ".join(command[4:]))
+            launched.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            running.append(launched[-1])
+        for p in running:
+            p.wait()
+        for p in launched:
+            if p.returncode:  # a run stopped from outside has no final evaluation: say so
+                print(f"{' '.join(p.args[4:9])} exited with {p.returncode}")
+        print(f"all runs done in {(time.time() - started) / 60:.1f} min")
+    plot(args, jobs)
+
+
+def latest_run(args, agent, seed):
+    runs = sorted(glob.glob(str(ROOT / "runs" / f"{args.env}__{args.tag}__{agent}__{seed}__*")))
+    if not runs:
+        print(f"no run for {agent} seed {seed}")
+    return runs[-1] if runs else None
+
+
+def plot(args, jobs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.out, exist_ok=True)
+    name = f"{args.env}_{args.tag}"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    table = ["| agent | seed | steps | " + " | ".join(f"ep {k}" for k in range(1, 6)) + " | mean | return | minutes |",
+             "|" + "---|" * 11]
+    colours = dict(zip(["memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune",
+                        "ppo-finetune-attn"], plt.cm.tab10.colors))
+    for agent, seed in jobs:
+        run = latest_run(args, agent, seed)
+        if run is None:
+            continue
+        colour, label = colours.get(agent), f"{agent} seed {seed}"
+        steps, success = scalars(run, "charts/episode_success")
+        smooth = np.convolve(success, np.ones(10) / 10, mode="valid") if len(success) >= 10 else success
+        axes[0].plot(steps[len(steps) - len(smooth) :], smooth, label=label, color=colour)
+        steps, test = scalars(run, "eval/mean_success")
+        axes[1].plot(steps, test, marker="o", label=label, color=colour)
+        final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
+        if all(len(values) for _, values in final):
+            per_episode = [values[-1] for _, values in final]
+            axes[2].plot(range(1, 6), per_episode, marker="o", label=label, color=colour)
+            ret = scalars(run, "eval/mean_return")[1][-1]
+            started = int(run.rsplit("__", 1)[1])  # run_name ends with its start time
+            wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - started) / 60
+            table.append(f"| {agent} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
+                         + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
+    optimal = [min(k, 3) / 3 for k in range(1, 6)]  # X = 3 blocks, boxes or balls: min(k, X) / X
+    axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
+    table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
+    axes[0].set(title="training: episode success", xlabel="env steps", ylabel="success rate")
+    axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
+    axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(TITLES[args.env])
+    fig.tight_layout()
+    fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
+    plot_error_modes(args, jobs, plt, name)
+
+    command = (f"python benchmark/learning.py --env {args.env} --agents {' '.join(args.agents)} --seeds "
+               f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --tag {args.tag}"
+               + (" -- " + " ".join(args.extra) if args.extra else ""))
+    text = [f"# {TITLES[args.env]}: {' vs. '.join(args.agents)}", "", f"Made by `{command}`.", "",
+            "Last evaluation of each run on the held-out levels (greedy, empty bank at the start, 5 episodes; "
+            "at the end of training it covers all the held-out levels); minutes: wall time of the run:", "",
+            *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
+    (Path(args.out) / f"{name}.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+def plot_error_modes(args, jobs, plt, name):
+    """Fig. 3c/d: the outcome of the 5 test episodes on each held-out level, per evaluation."""
+    fig, axes = plt.subplots(1, len(jobs), figsize=(5 * len(jobs), 3.5), squeeze=False)
+    for ax, (agent, seed) in zip(axes[0], jobs):
+        run = latest_run(args, agent, seed)
+        curves = [scalars(run, f"eval/{mode}") for mode in ERROR_MODES] if run else []
+        if not curves or not len(curves[0][0]):
+            continue
+        ax.stackplot(curves[0][0], *[values for _, values in curves], labels=ERROR_MODES,
+                     colors=["tab:green", "tab:red", "tab:purple", "tab:gray"])
+        ax.set(title=f"{agent} seed {seed}", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(Path(args.out) / f"{name}_error_modes.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
