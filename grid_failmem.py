@@ -207,8 +207,9 @@ def check_args(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Gridworld (Sec. 3.1.1, Appendix A), in numpy after mazelab's conventions: each object has a
-# value and an RGB colour, moves are von Neumann steps, an action into the border is not taken.
+# Gridworld (Sec. 3.1.1, Appendix A), in numpy after mazelab's conventions: named objects (free
+# cells, the agent, the blocks) each drawn in its RGB colour, one pixel per cell before scaling;
+# moves are von Neumann steps and an action into the border is not taken.
 # ---------------------------------------------------------------------------------------------
 FREE_RGB = np.array([255, 255, 255], np.uint8)
 AGENT_RGB = np.array([0, 0, 0], np.uint8)
@@ -294,14 +295,13 @@ class BatchedGridWorld:
         self.scale, self.max_episode_steps = obs_size // grid_size, max_episode_steps
         self.rows = np.arange(num_envs)
         self.level_ids = np.zeros(num_envs, np.int64)
+        self.agent = np.zeros((num_envs, 2), np.int64)
+        self.steps = np.zeros(num_envs, np.int64)
         self.canvas = np.tile(FREE_RGB, (num_envs, grid_size, grid_size, 1))
 
     def set_levels(self, level_ids, env_ids=None):
         env_ids = self.rows if env_ids is None else env_ids
         self.level_ids[env_ids] = level_ids
-        if not hasattr(self, "agent"):
-            self.agent = self.levels["starts"][self.level_ids].copy()
-            self.steps = np.zeros(self.num_envs, np.int64)
         self.agent[env_ids] = self.levels["starts"][level_ids]
         self.steps[env_ids] = 0
         self.blocks = self.levels["blocks"][self.level_ids]
@@ -469,10 +469,11 @@ def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards)
 
 
 def make_banks(args, obs_shape, ram_bytes):
-    failures = MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes)
+    """[failures], or for memory-sf [failures, successes], sharing the RAM bound equally."""
     if args.agent != "memory-sf":
-        return [failures]
-    return [failures, MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes, clear_when_full=True)]
+        return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes)]
+    return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2),
+            MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2, clear_when_full=True)]
 
 
 # ---------------------------------------------------------------------------------------------
