@@ -81,11 +81,10 @@ def main():
     @torch.no_grad()
     def trial():
         frames = envs.set_levels(np.arange(args.num_envs))
-        memory, slots = agent.embed_memory(*[torch.as_tensor(x) for x in bank.get(range(args.num_envs))])
-        cache = agent.snail.init_cache(args.num_envs, 80)
+        trial_state = agent.begin_trial(gf.bank_tensors([bank], range(args.num_envs), "cpu"), args.num_envs, 80)
         prev_a, prev_r, starts = torch.zeros(args.num_envs, dtype=torch.long), torch.zeros(args.num_envs), torch.ones(args.num_envs)
         for t in range(80):
-            logits, _ = agent.step(torch.from_numpy(frames), prev_a, prev_r, starts, cache, t, memory, slots)
+            logits, _ = agent.step(torch.from_numpy(frames), prev_a, prev_r, starts, trial_state, t)
             prev_a = torch.distributions.Categorical(logits=logits).sample()
             frames, reward, terminated, truncated, _ = envs.step(prev_a.numpy())
             prev_r = torch.from_numpy(reward).float()

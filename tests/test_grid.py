@@ -17,6 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 import grid_failmem as gf  # noqa: E402
 
+torch.set_num_threads(1)  # the in-process tests; many small ops run slower on 2 threads of a busy machine
+
 W, X = 16, 3
 LEFT, RIGHT, UP, DOWN = 0, 1, 2, 3
 
@@ -409,7 +411,7 @@ class ScriptedAgent(torch.nn.Module):
     """Walks to block k in episode k (an agent that never repeats a failed block when X = 3
     and the blocks are visited in order): tests the evaluation loop, not a network."""
 
-    use_memory = True
+    use_memory, memoryless = True, False
 
     def __init__(self, levels, level_ids):
         super().__init__()
