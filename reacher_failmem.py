@@ -11,6 +11,7 @@ trajectory and gated attention over the bank.
 
     python reacher_failmem.py                      # the memory agent, TensorBoard under runs/
     python reacher_failmem.py --agent snail        # the SNAIL baseline (no bank)
+    python reacher_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
     python reacher_failmem.py --track              # also Weights & Biases
     python reacher_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
 
@@ -53,7 +54,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from common import SNAIL, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init  # noqa: E402
 
-AGENTS = ("memory", "snail")
+AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix")
 
 @dataclass
 class Args:
@@ -103,7 +104,9 @@ class Args:
 
     # Agent (Sec. 2.1-2.3)
     agent: str = "memory"
-    """the agent: memory (the paper's method) or snail (the baseline, no bank)"""
+    """memory (the paper's method), snail (no bank), snail-cat (SNAIL over the bank's frames
+    concatenated before the trial), memory-sf (a second bank of successes), memory-sf-mix (one
+    bank of successes and failures)"""
     embed_dim: int = 64
     """E: embedding size"""
     num_heads: int = 4
@@ -498,15 +501,17 @@ class MemoryBank:
     steps long and padded at the front when its episode was shorter. Frames are bounded by
     `ram_bytes`: past it, the bank of the least recently used level is dropped whole."""
 
-    def __init__(self, mem_size, mem_len, obs_shape, ram_bytes):
+    def __init__(self, mem_size, mem_len, obs_shape, ram_bytes, clear_when_full=False):
         self.mem_size, self.mem_len, self.obs_shape, self.ram_bytes = mem_size, mem_len, obs_shape, ram_bytes
+        self.clear_when_full = clear_when_full  # Sec. 3.4: the success bank is emptied once full
         self.traj_bytes = mem_len * int(np.prod(obs_shape))
         self.banks = OrderedDict()
         self.num_trajectories = 0
         self.evicted_levels = 0
 
     def add(self, level, frames, actions, rewards):
-        """Store the last L steps of one failed episode of `level` (Sec. 2: failures only)."""
+        """Store the last L steps of one episode of `level`; a full bank drops its oldest, or
+        everything when `clear_when_full`."""
         frames, actions, rewards = frames[-self.mem_len :], actions[-self.mem_len :], rewards[-self.mem_len :]
         pad = self.mem_len - len(actions)
         trajectory = (
@@ -516,6 +521,9 @@ class MemoryBank:
             np.arange(self.mem_len) >= pad,
         )
         bank = self.banks.setdefault(level, [])
+        if self.clear_when_full and len(bank) == self.mem_size:
+            self.num_trajectories -= len(bank)
+            bank.clear()
         bank.append(trajectory)
         self.num_trajectories += 1
         if len(bank) > self.mem_size:
@@ -547,52 +555,81 @@ class MemoryBank:
         return frames, actions, rewards, valid
 
 
-def failed_episodes(terminated, truncated, success):
-    """Yield (env, start, end) of each failed episode in a rollout of shape (envs, steps):
-    one that ended at a trap or ran its step limit (f(tau) = 0). The episode still running when
-    the trial ends is cut off, neither a success nor a failure."""
+def ended_episodes(terminated, truncated, success):
+    """Yield (env, start, end, succeeded) of each episode that ended in a rollout of shape
+    (envs, steps); f(tau) = 0 for one that hit a trap or ran its step limit. The episode still
+    running when the trial ends is cut off: neither a success nor a failure, never stored."""
     num_envs, num_steps = terminated.shape
     for env in range(num_envs):
         start = 0
         for t in range(num_steps):
             if terminated[env, t] or truncated[env, t]:
-                if not success[env, t]:
-                    yield env, start, t + 1
+                yield env, start, t + 1, bool(success[env, t])
                 start = t + 1
+
+
+def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards):
+    """Sec. 2: failures enter the bank; memory-sf keeps successes in a second bank, memory-sf-mix
+    keeps both in one (Sec. 3.4)."""
+    if not succeeded or agent_name == "memory-sf-mix":
+        banks[0].add(level, frames, actions, rewards)
+    elif agent_name == "memory-sf":
+        banks[1].add(level, frames, actions, rewards)
+
+
+def make_banks(args, obs_shape, ram_bytes):
+    """[failures], or for memory-sf [failures, successes], sharing the RAM bound equally."""
+    if args.agent != "memory-sf":
+        return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes)]
+    return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2),
+            MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2, clear_when_full=True)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Agent (Sec. 2.1-2.3): CNN -> Phi, trajectory embedding, memory read, SNAIL, heads
 # ---------------------------------------------------------------------------------------------
 class Agent(nn.Module):
+    """memory: SNAIL over the trial + a reader of the failure bank (the paper's method).
+    snail: SNAIL alone. snail-cat: SNAIL over the bank's frames concatenated before the trial
+    (Sec. 3.1.4). memory-sf: a second bank of successes with its own reader; memory-sf-mix:
+    one bank of both (Sec. 3.4)."""
+
     def __init__(self, args, num_actions):
         super().__init__()
-        self.num_actions, self.use_memory = num_actions, args.agent == "memory"
-        self.embed_dim = embed_dim = args.embed_dim
+        self.name, self.num_actions, self.embed_dim = args.agent, num_actions, args.embed_dim
+        self.num_readers = {"memory": 1, "memory-sf-mix": 1, "memory-sf": 2}.get(args.agent, 0)
+        self.use_memory = self.num_readers > 0
+        self.prefix_len = args.mem_size * args.mem_len if args.agent == "snail-cat" else 0
+        embed_dim = args.embed_dim
         self.cnn = ImpalaCNN(args.obs_size, out_dim=256)
         # v'_o = MLP(CNN(o_t)): the query of the memory read and the observation input of SNAIL
         self.obs_embed = nn.Sequential(layer_init(nn.Linear(256, embed_dim)), nn.ReLU())
         # SNAIL's input per step: v'_o, previous action, previous reward, episode-start flag
-        self.snail = SNAIL(embed_dim + num_actions + 2, embed_dim, seq_len=args.trial_len)
+        # (snail-cat: and a flag for the bank's steps)
+        trial_in = embed_dim + num_actions + 2 + (1 if self.prefix_len else 0)
+        self.snail = SNAIL(trial_in, embed_dim, seq_len=args.trial_len + self.prefix_len)
         self.trial_mlp = nn.Sequential(layer_init(nn.Linear(embed_dim, embed_dim)), nn.ReLU())
-        if self.use_memory:
-            # Phi(o, a, r) of a stored step (Sec. 2.1)
-            self.step_embed = nn.Sequential(
-                layer_init(nn.Linear(256 + num_actions + 1, embed_dim)),
-                nn.ReLU(),
-                layer_init(nn.Linear(embed_dim, embed_dim)),
-            )
-            self.traj_embed = TrajectoryEmbedding(embed_dim, args.num_heads, num_layers=2, max_len=args.mem_len)
-            self.memory_read = MemoryReader(embed_dim, args.num_heads)
-        # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3)
-        head_in = 2 * embed_dim if self.use_memory else embed_dim
-        self.trunk = nn.Sequential(layer_init(nn.Linear(head_in, 256)), nn.ReLU())
+        # per bank: Phi(o, a, r) of a stored step, the trajectory embedding (Sec. 2.1), the read (Sec. 2.2)
+        self.step_embed = nn.ModuleList(
+            nn.Sequential(layer_init(nn.Linear(256 + num_actions + 1, embed_dim)), nn.ReLU(),
+                          layer_init(nn.Linear(embed_dim, embed_dim)))
+            for _ in range(self.num_readers)
+        )
+        self.traj_embed = nn.ModuleList(
+            TrajectoryEmbedding(embed_dim, args.num_heads, num_layers=2, max_len=args.mem_len)
+            for _ in range(self.num_readers)
+        )
+        self.memory_read = nn.ModuleList(MemoryReader(embed_dim, args.num_heads) for _ in range(self.num_readers))
+        # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3); memory-sf concatenates both reads (Fig. C.2)
+        self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(256, 1), std=1.0)
 
-    def embed_memory(self, frames, actions, rewards, valid):
-        """Sec. 2.1: v_tau for every slot of the banks (B, N, ...) -> (B, N, E) and the slots
-        that hold a trajectory. Only filled slots go through the CNN and the Transformer."""
+    def embed_memory(self, bank, reader=0):
+        """Sec. 2.1: v_tau for every slot of the banks (frames (B, N, L, H, W, 3), actions,
+        rewards, valid (B, N, L)) -> (B, N, E), and the slots that hold a trajectory. Only filled
+        slots go through the CNN and the Transformer."""
+        frames, actions, rewards, valid = bank
         slots = valid.any(-1)
         memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
         if slots.any():
@@ -600,34 +637,64 @@ class Agent(nn.Module):
             steps = torch.cat(
                 [features, F.one_hot(actions[slots], self.num_actions).float(), rewards[slots, :, None]], -1
             )
-            memory[slots] = self.traj_embed(self.step_embed(steps), valid[slots])
+            memory[slots] = self.traj_embed[reader](self.step_embed[reader](steps), valid[slots])
         return memory, slots
+
+    def read_banks(self, banks):
+        return [self.embed_memory(bank, i) for i, bank in enumerate(banks[: self.num_readers])]
 
     def trial_input(self, obs_embed, prev_actions, prev_rewards, episode_starts):
         onehot = F.one_hot(prev_actions, self.num_actions).float()
-        return torch.cat([obs_embed, onehot, prev_rewards[..., None], episode_starts[..., None].float()], -1)
+        parts = [obs_embed, onehot, prev_rewards[..., None], episode_starts[..., None].float()]
+        if self.prefix_len:
+            parts.append(torch.zeros_like(prev_rewards)[..., None])
+        return torch.cat(parts, -1)
 
-    def heads(self, trial_features, obs_embed, memory, slots):
-        hidden = self.trial_mlp(trial_features)
-        if self.use_memory:
-            query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
-            m_o = self.memory_read(query, memory, slots).reshape(obs_embed.shape)
-            hidden = torch.cat([hidden, m_o], -1)
-        hidden = self.trunk(hidden)
+    def memory_prefix(self, bank):
+        """snail-cat: the bank's steps as SNAIL inputs (B, N * L, in), each step with its own
+        action and reward; empty steps are all zero."""
+        frames, actions, rewards, valid = bank
+        first = valid & ~F.pad(valid, (1, 0))[..., :-1]  # where a stored trajectory starts
+        steps = torch.cat([self.obs_embed(self.cnn(frames)), F.one_hot(actions, self.num_actions).float(),
+                           rewards[..., None], first[..., None].float(), torch.ones_like(rewards)[..., None]], -1)
+        return (steps * valid[..., None]).flatten(1, 2)
+
+    def begin_trial(self, banks, batch_size, max_len):
+        """What a trial needs before its first step: the bank reads (computed once, Sec. 2.1),
+        the SNAIL cache, and for snail-cat the cache filled with the bank's steps."""
+        device = self.actor.weight.device
+        cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
+        memories = self.read_banks(banks)
+        if self.prefix_len:
+            prefix = self.memory_prefix(banks[0])
+            for t in range(self.prefix_len):
+                self.snail.step(prefix[:, t], cache, t)
+        return cache, memories
+
+    def heads(self, trial_features, obs_embed, memories):
+        hidden = [self.trial_mlp(trial_features)]
+        query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
+        for read, (memory, slots) in zip(self.memory_read, memories):
+            hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
+        hidden = self.trunk(torch.cat(hidden, -1))
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
-    def step(self, frames, prev_actions, prev_rewards, episode_starts, cache, t, memory, slots):
+    def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
+        cache, memories = trial_state
         obs_embed = self.obs_embed(self.cnn(frames))
-        trial_features = self.snail.step(self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts), cache, t)
-        return self.heads(trial_features, obs_embed, memory, slots)
+        x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
+        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories)
 
-    def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, bank, actions=None):
+    def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
         """Whole trials (B, T, ...) at once, as the PPO update sees them."""
         obs_embed = self.obs_embed(self.cnn(frames))
-        trial_features = self.snail(self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts))
-        memory, slots = self.embed_memory(*bank) if self.use_memory else (None, None)
-        logits, values = self.heads(trial_features, obs_embed, memory, slots)
+        x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
+        if self.prefix_len:
+            x = torch.cat([self.memory_prefix(banks[0]), x], 1)
+        trial_features = self.snail(x)[:, self.prefix_len :]
+        memories = self.read_banks(banks)
+        logits, values = self.heads(trial_features, obs_embed, memories)
         dist = Categorical(logits=logits)
         if actions is None:
             actions = dist.sample()
@@ -666,50 +733,46 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     hits = np.full((len(level_ids), episodes), -1)
     returns = np.zeros(len(level_ids))
     video_frames = []
-    num_envs = envs.num_envs
-    for chunk_start in range(0, len(level_ids), num_envs):
-        chunk = level_ids[chunk_start : chunk_start + num_envs]
-        counted = len(chunk)
-        chunk = np.resize(chunk, num_envs)
-        rows = np.arange(num_envs)
+    for chunk_start in range(0, len(level_ids), envs.num_envs):
+        counted = len(level_ids[chunk_start : chunk_start + envs.num_envs])
+        chunk = np.resize(level_ids[chunk_start : chunk_start + envs.num_envs], envs.num_envs)
+        rows = np.arange(len(chunk))
         frames = envs.set_levels(chunk, split="test")
-        bank = MemoryBank(args.mem_size, args.mem_len, frames.shape[1:], float("inf"))
-        cache = agent.snail.init_cache(num_envs, episodes * limit, device)
-        episode = np.zeros(num_envs, np.int64)
-        episode[counted:] = episodes  # padding envs count as done
+        banks = make_banks(args, frames.shape[1:], float("inf"))
+        cache, memories = agent.begin_trial(bank_tensors(banks, rows, device), len(chunk), episodes * limit)
+        episode = np.zeros(len(chunk), np.int64)
+        episode[counted:] = episodes  # the padding envs count as done from the start
         # the current episode of every env, kept to store it in the bank if it fails
-        ep_frames = np.zeros((num_envs, limit, *frames.shape[1:]), np.uint8)
-        ep_actions = np.zeros((num_envs, limit), np.int64)
-        ep_rewards = np.zeros((num_envs, limit), np.float32)
-        ep_len = np.zeros(num_envs, np.int64)
-        prev_actions = torch.zeros(num_envs, dtype=torch.long, device=device)
-        prev_rewards = torch.zeros(num_envs, device=device)
-        starts = torch.ones(num_envs, device=device)
-        bank_changed, memory, slots = True, None, None
+        ep_frames = np.zeros((len(chunk), limit, *frames.shape[1:]), np.uint8)
+        ep_actions = np.zeros((len(chunk), limit), np.int64)
+        ep_rewards = np.zeros((len(chunk), limit), np.float32)
+        ep_len = np.zeros(len(chunk), np.int64)
+        prev_actions = torch.zeros(len(chunk), dtype=torch.long, device=device)
+        prev_rewards = torch.zeros(len(chunk), device=device)
+        starts = torch.ones(len(chunk), device=device)
         for t in range(episodes * limit):
-            if agent.use_memory and bank_changed:
-                # a bank per env slot (a padding env may repeat a level)
-                memory, slots = agent.embed_memory(*[torch.as_tensor(x, device=device) for x in bank.get(rows)])
-                bank_changed = False
             obs = torch.as_tensor(frames, device=device)
-            logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, cache, t, memory, slots)
+            logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
             actions = logits.argmax(-1).cpu().numpy()
             if video_path is not None and chunk_start == 0:
-                video_frames.append(video_frame(frames[:3], bank.get(rows[:3])[0], episode[:3]))
+                video_frames.append(video_frame(frames[:3], banks[0].get(rows[:3])[0]))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
             frames, rewards, terminated, truncated, info = envs.step(actions)
             ep_rewards[rows, ep_len] = rewards
             ep_len += 1
             running = episode < episodes
             returns[chunk_start + rows[running]] += rewards[running]
-            for i in np.flatnonzero((terminated | truncated) & running):
+            ended = np.flatnonzero((terminated | truncated) & running)
+            for i in ended:
                 success[chunk_start + i, episode[i]] = info["success"][i]
                 hits[chunk_start + i, episode[i]] = info["hit"][i]
-                if not info["success"][i]:  # at test a failure enters the bank as it happens
+                if agent.use_memory:  # at test an episode enters the bank as soon as it ends
                     n = ep_len[i]
-                    bank.add(i, ep_frames[i, :n], ep_actions[i, :n], ep_rewards[i, :n])
-                    bank_changed = True
+                    store_episode(banks, args.agent, i, info["success"][i], ep_frames[i, :n],
+                                  ep_actions[i, :n], ep_rewards[i, :n])
                 episode[i] += 1
+            if agent.use_memory and len(ended):
+                memories = agent.read_banks(bank_tensors(banks, rows, device))
             ep_len[terminated | truncated] = 0
             if (episode >= episodes).all():
                 break
@@ -719,6 +782,10 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     if video_path is not None:
         write_video(video_path, video_frames)
     return dict(success=success, hits=hits, returns=returns)
+
+
+def bank_tensors(banks, levels, device):
+    return [[torch.as_tensor(x, device=device) for x in bank.get(levels)] for bank in banks]
 
 
 def summarize(result, num_blocks):
@@ -742,12 +809,12 @@ def print_table(summary, num_blocks, title):
     print(f"mean return {summary['mean_return']:.3f} | " + " | ".join(f"{m} {summary[m]:.3f}" for m in ERROR_MODES))
 
 
-def video_frame(frames, bank_frames, episode):
+def video_frame(frames, bank_frames):
     """The agent's view (left, enlarged) beside the frames in its bank (one row per stored
     failure, its last steps left to right), for a few test levels stacked vertically."""
     tile = 32
     rows = []
-    for view, bank, k in zip(frames, bank_frames, episode):
+    for view, bank in zip(frames, bank_frames):
         size = frames.shape[1]
         big = view.repeat(4 * tile // size, 0).repeat(4 * tile // size, 1)
         stored = bank[:4, -6:]  # up to 4 failures, their last 6 steps
@@ -851,7 +918,7 @@ if __name__ == "__main__":
 
     envs = ReacherVector(level_sets, args.num_envs, args.num_workers, args.obs_size, args.trial_len)
     obs_shape = (args.obs_size, args.obs_size, 3)
-    memory_bank = MemoryBank(args.mem_size, args.mem_len, obs_shape, args.bank_ram_mb * 2**20)
+    banks = make_banks(args, obs_shape, args.bank_ram_mb * 2**20)  # [failures] or [failures, successes]
 
     agent = Agent(args, num_actions).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -865,6 +932,7 @@ if __name__ == "__main__":
     prev_actions_buf, prev_rewards_buf, starts_buf = torch.zeros(shape, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
     terminated_buf, truncated_buf, success_buf = (np.zeros(shape, bool) for _ in range(3))
 
+    checkpoint = f"runs/{run_name}/agent.pt"
     global_step = 0
     start_time = time.time()
     for iteration in range(1, args.num_iterations + 1):
@@ -874,11 +942,11 @@ if __name__ == "__main__":
         # rollout: one trial of T steps per env on a freshly drawn training level
         levels = level_rng.integers(args.num_train_levels, size=args.num_envs)
         frames = envs.set_levels(levels)
-        bank = [torch.as_tensor(x) for x in memory_bank.get(levels)]  # the bank as it was when the trial began
+        trial_banks = bank_tensors(banks, levels, "cpu")  # the banks as they were when the trial began
         with torch.no_grad():
             # Sec. 2.1: trajectory embeddings once per trial, not per step
-            memory, slots = agent.embed_memory(*[x.to(device) for x in bank]) if agent.use_memory else (None, None)
-            cache = agent.snail.init_cache(args.num_envs, args.trial_len, device)
+            trial_state = agent.begin_trial([[x.to(device) for x in bank] for bank in trial_banks], args.num_envs,
+                                            args.trial_len)
             prev_actions = torch.zeros(args.num_envs, dtype=torch.long)
             prev_rewards, starts = torch.zeros(args.num_envs), torch.ones(args.num_envs)
             for t in range(args.trial_len):
@@ -886,7 +954,7 @@ if __name__ == "__main__":
                 prev_actions_buf[:, t], prev_rewards_buf[:, t], starts_buf[:, t] = prev_actions, prev_rewards, starts
                 logits, value = agent.step(
                     frames_buf[:, t].to(device), prev_actions.to(device), prev_rewards.to(device),
-                    starts.to(device), cache, t, memory, slots,
+                    starts.to(device), trial_state, t,
                 )
                 dist = Categorical(logits=logits)
                 action = dist.sample()
@@ -899,9 +967,10 @@ if __name__ == "__main__":
         global_step += args.batch_size
 
         # Sec. 2: the trial's failed episodes enter their level's bank at the end of the trial
-        for env, begin, end in failed_episodes(terminated_buf, truncated_buf, success_buf):
-            memory_bank.add(levels[env], frames_buf[env, begin:end].numpy(), actions_buf[env, begin:end].numpy(),
-                            rewards_buf[env, begin:end].numpy())
+        if args.agent != "snail":
+            for env, begin, end, succeeded in ended_episodes(terminated_buf, truncated_buf, success_buf):
+                store_episode(banks, args.agent, levels[env], succeeded, frames_buf[env, begin:end].numpy(),
+                              actions_buf[env, begin:end].numpy(), rewards_buf[env, begin:end].numpy())
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
         with torch.no_grad():
@@ -920,7 +989,8 @@ if __name__ == "__main__":
             for idx in torch.randperm(args.num_envs).split(args.trials_per_minibatch):
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(
                     frames_buf[idx].to(device), prev_actions_buf[idx].to(device), prev_rewards_buf[idx].to(device),
-                    starts_buf[idx].to(device), [x[idx].to(device) for x in bank], actions_buf[idx].to(device),
+                    starts_buf[idx].to(device), [[x[idx].to(device) for x in bank] for bank in trial_banks],
+                    actions_buf[idx].to(device),
                 )
                 mb_logprobs, mb_advantages = logprobs_buf[idx].to(device), advantages[idx].to(device)
                 mb_returns, mb_values = returns[idx].to(device), values_buf[idx].to(device)
@@ -972,15 +1042,16 @@ if __name__ == "__main__":
         writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("memory/bank_levels", len(memory_bank.banks), global_step)
-        writer.add_scalar("memory/bank_trajectories", memory_bank.num_trajectories, global_step)
-        writer.add_scalar("memory/bank_mb", memory_bank.nbytes / 2**20, global_step)
-        writer.add_scalar("memory/evicted_levels", memory_bank.evicted_levels, global_step)
-        writer.add_scalar("memory/filled_slots_per_trial", bank[3].any(-1).sum(1).float().mean().item(), global_step)
+        for name, bank, trial_bank in zip(("bank", "success_bank"), banks, trial_banks):
+            writer.add_scalar(f"memory/{name}_levels", len(bank.banks), global_step)
+            writer.add_scalar(f"memory/{name}_trajectories", bank.num_trajectories, global_step)
+            writer.add_scalar(f"memory/{name}_mb", bank.nbytes / 2**20, global_step)
+            writer.add_scalar(f"memory/{name}_evicted_levels", bank.evicted_levels, global_step)
+            writer.add_scalar(f"memory/{name}_filled_slots_per_trial", trial_bank[3].any(-1).sum(1).float().mean(), global_step)
         print(
             f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} | "
             f"trial return {trial_return:.2f} | episode success {train_success:.3f} | "
-            f"bank {memory_bank.num_trajectories} trajectories, {memory_bank.nbytes / 2**20:.1f} MiB"
+            f"bank {banks[0].num_trajectories} trajectories, {sum(b.nbytes for b in banks) / 2**20:.1f} MiB"
         )
 
         # periodic evaluation on held-out levels
@@ -994,10 +1065,9 @@ if __name__ == "__main__":
             summary = summarize(result, NUM_BALLS)
             log_eval(writer, summary, global_step)
             print_table(summary, NUM_BALLS, f"evaluation at step {global_step} on {num_levels} held-out levels")
+            # written at every evaluation, so a long run that is stopped still leaves its agent
+            torch.save({"model": agent.state_dict(), "args": vars(args), "global_step": global_step}, checkpoint)
 
-    checkpoint = f"runs/{run_name}/agent.pt"
-    torch.save({"model": agent.state_dict(), "args": vars(args)}, checkpoint)
     print(f"checkpoint: {checkpoint}")
     writer.close()
     envs.close()
-

@@ -1,5 +1,6 @@
-"""reacher_failmem.py: the UR5's kinematics, the reacher's rules, its levels, and one tiny
-end-to-end run of each agent in a subprocess (as CleanRL tests its scripts)."""
+"""reacher_failmem.py: the UR5's kinematics, the reacher's rules, its levels, the banks of the
+memory-sf / memory-sf-mix agents, and one tiny end-to-end run of each agent in a subprocess (as
+CleanRL tests its scripts)."""
 
 import math
 import os
@@ -244,6 +245,91 @@ def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
     assert f"{checkpoint}: 2 held-out levels" in evaluated.stdout
     table = evaluated.stdout.split("held-out levels")[1]
     assert "success" in table and "bayes-optimal   0.333  0.667" in table
+
+
+@pytest.mark.parametrize("agent", ["snail-cat", "memory-sf", "memory-sf-mix"])
+def test_bank_variants_train_checkpoint_and_evaluate(tmp_path, agent):
+    """snail-cat (the bank's steps before the trial), memory-sf (a second bank of successes) and
+    memory-sf-mix (one bank of both): 2 updates of one minibatch each on one training level (so
+    the second trial reads the bank the first filled), then --eval-only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+    script = str(ROOT / "reacher_failmem.py")
+    flags = [*TINY, "--total-timesteps", "80", "--trials-per-minibatch", "2", "--eval-every", "1", "--mem-size", "2",
+             "--mem-len", "4", "--num-workers", "0", "--num-train-levels", "1"]
+    out = subprocess.run(
+        [sys.executable, script, "--agent", agent, "--exp-name", "test", *flags],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "update 2/2" in out.stdout and "evaluation at step 80" in out.stdout
+    run_dir = next((tmp_path / "runs").glob(f"reacher__test__{agent}__*"))
+    # the update sees what the rollout saw: the bank's prefix (snail-cat) or both banks (memory-sf)
+    assert max(abs(kl) for kl in scalars(run_dir, "losses/approx_kl")) < 1e-5
+    assert len(scalars(run_dir, "memory/bank_trajectories")) == 2
+    assert scalars(run_dir, "memory/bank_filled_slots_per_trial")[-1] > 0  # the second trial read a filled bank
+    if agent == "memory-sf":  # logged per bank
+        assert len(scalars(run_dir, "memory/success_bank_trajectories")) == 2
+    else:
+        with pytest.raises(KeyError):
+            scalars(run_dir, "memory/success_bank_trajectories")
+    checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
+    assert (tmp_path / checkpoint).is_file()
+    evaluated = subprocess.run(
+        [sys.executable, script, "--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2",
+         "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert f"{checkpoint}: 2 held-out levels" in evaluated.stdout
+    assert "bayes-optimal   0.333  0.667" in evaluated.stdout.split("held-out levels")[1]
+
+
+def trajectory(length, value, obs_shape=(4, 4, 3)):
+    frames = np.full((length, *obs_shape), value, np.uint8)
+    return frames, np.arange(length) % 27, np.full(length, -1.0, np.float32)
+
+
+def banks_for(agent_name, mem_size=2):
+    args = rf.Args(agent=agent_name, mem_size=mem_size, mem_len=4)
+    return rf.make_banks(args, (4, 4, 3), float("inf"))
+
+
+def test_memory_bank_stores_failures_only():
+    banks = banks_for("memory")
+    rf.store_episode(banks, "memory", 0, True, *trajectory(5, 1))
+    rf.store_episode(banks, "memory", 0, False, *trajectory(5, 2))
+    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [2]
+
+
+def test_mix_bank_holds_successes_and_failures():
+    banks = banks_for("memory-sf-mix")
+    rf.store_episode(banks, "memory-sf-mix", 0, True, *trajectory(5, 1))
+    rf.store_episode(banks, "memory-sf-mix", 0, False, *trajectory(5, 2))
+    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [1, 2]
+
+
+def test_sf_success_bank_is_cleared_when_full():
+    banks = banks_for("memory-sf", mem_size=2)
+    assert len(banks) == 2 and banks[1].clear_when_full and not banks[0].clear_when_full
+    for value in (1, 2):
+        rf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, value))
+    rf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, 9))
+    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [1, 2]  # full, still readable
+    rf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, 3))
+    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [3]  # emptied, then the new one
+    assert banks[1].num_trajectories == 1
+    # the failure bank is a FIFO as usual
+    for value in (10, 11):
+        rf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, value))
+    assert [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [10, 11]
+
+
+def test_sf_banks_share_the_ram_bound():
+    args = rf.Args(agent="memory-sf", mem_size=2, mem_len=4)
+    assert [bank.ram_bytes for bank in rf.make_banks(args, (4, 4, 3), 1000)] == [500, 500]
+    args.agent = "memory-sf-mix"
+    assert [bank.ram_bytes for bank in rf.make_banks(args, (4, 4, 3), 1000)] == [1000]
 
 
 @pytest.mark.parametrize(
