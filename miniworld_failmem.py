@@ -499,10 +499,11 @@ def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards)
 
 
 def make_banks(args, obs_shape, ram_bytes):
-    failures = MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes)
+    """[failures], or for memory-sf [failures, successes], sharing the RAM bound equally."""
     if args.agent != "memory-sf":
-        return [failures]
-    return [failures, MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes, clear_when_full=True)]
+        return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes)]
+    return [MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2),
+            MemoryBank(args.mem_size, args.mem_len, obs_shape, ram_bytes / 2, clear_when_full=True)]
 
 
 # ---------------------------------------------------------------------------------------------
