@@ -125,6 +125,8 @@ def plot(args, jobs):
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.suptitle(TITLES[args.env])
     fig.tight_layout()
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
@@ -152,6 +154,7 @@ def plot_error_modes(args, jobs, plt, name):
         ax.stackplot(curves[0][0], *[values for _, values in curves], labels=ERROR_MODES,
                      colors=["tab:green", "tab:red", "tab:purple", "tab:gray"])
         ax.set(title=f"{agent} seed {seed}", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(Path(args.out) / f"{name}_error_modes.png", dpi=100)
