@@ -7,7 +7,7 @@
 
     python benchmark/grid_throughput.py [--obs-size 16] [--threads 2]
 
-Writes docs/grid_throughput_obs{N}.md.
+Writes docs/grid_throughput_obs{N}_threads{K}.md.
 """
 
 import argparse
@@ -107,7 +107,7 @@ def main():
             "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
             f"(a)/(b) = {batched / per_env:.1f}; (d)/(a) = {training / batched:.4f}; (d)/(c) = {training / inference:.2f}.", ""]
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}.md").write_text("\n".join(text))
+    (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}_threads{args.threads}.md").write_text("\n".join(text))
     print("\n".join(text))
 
 
