@@ -11,11 +11,9 @@ Writes docs/grid_throughput_obs{N}_threads{K}.md.
 """
 
 import argparse
-import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grid_failmem as gf  # noqa: E402
-
-
-def rate(function, steps_per_call, seconds=3.0):
-    function()  # warm-up
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        function()
-        calls += 1
-    return calls * steps_per_call / (time.perf_counter() - start)
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from timing import cpu_name, rate  # noqa: E402
 
 
 def main():

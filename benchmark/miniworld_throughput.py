@@ -14,11 +14,9 @@ machine's load average is recorded before and after.
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import miniworld_failmem as mf  # noqa: E402
-
-
-def rate(function, steps_per_call, seconds=5.0):
-    function()  # warm-up
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        function()
-        calls += 1
-    return calls * steps_per_call / (time.perf_counter() - start)
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from timing import cpu_name, rate  # noqa: E402
 
 
 def load():
@@ -73,7 +56,7 @@ def main():
             if terminated or truncated:
                 env.reset(options={"level": int(rng.integers(1000))})
 
-        rows.append((size, "(a) one env, random actions", rate(single, 1)))
+        rows.append((size, "(a) one env, random actions", rate(single, 1, 5.0)))
         env.close()
 
         for workers in args.workers:
@@ -81,7 +64,7 @@ def main():
                 continue
             vector = mf.MiniworldVector(level_sets, args.num_envs, workers, size, 80)
             vector.set_levels(rng.integers(1000, size=args.num_envs))
-            steps = rate(lambda: vector.step(rng.integers(3, size=args.num_envs)), args.num_envs)
+            steps = rate(lambda: vector.step(rng.integers(3, size=args.num_envs)), args.num_envs, 5.0)
             per_worker = args.num_envs // max(workers, 1)
             where = "in this process" if workers == 0 else f"{workers} workers x {per_worker} envs"
             rows.append((size, f"(b) vector of {args.num_envs} envs, {where}", steps))
@@ -108,7 +91,7 @@ def main():
                 prev_r = torch.from_numpy(reward).float()
                 starts = torch.from_numpy(terminated | truncated).float()
 
-        rows.append((size, f"(c) rollout inference, memory agent + vector (2 workers)", rate(trial, 80 * args.num_envs, 20.0)))
+        rows.append((size, "(c) rollout inference, memory agent + vector (2 workers)", rate(trial, 80 * args.num_envs, 20.0)))
         vector.close()
 
         for agent_name in ("memory", "snail"):

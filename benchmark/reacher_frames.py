@@ -40,7 +40,7 @@ def main():
         for env in (small, big):
             env.reset(options={"level": level})
             for _ in range(3):  # a few moves down, so the arm is not at its start pose
-                frame = env.step(down)[0]
+                env.step(down)
         target = COLOUR_NAMES[levels["colours"][level][levels["goals"][level]]]
         axes[0, level].imshow(small.render(), interpolation="nearest")
         axes[0, level].set_title(f"level {level}: what the policy sees ({args.obs_size}px)", fontsize=8)
