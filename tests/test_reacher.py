@@ -236,6 +236,12 @@ def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
         assert "logging offline" in out.stdout and list((tmp_path / "wandb").glob("offline-run-*"))
     checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
     assert (tmp_path / checkpoint).is_file()
+    table = evaluate_checkpoint(script, checkpoint, tmp_path, env)
+    assert "success" in table and "bayes-optimal   0.333  0.667" in table
+
+
+def evaluate_checkpoint(script, checkpoint, tmp_path, env):
+    """`--eval-only` on 2 held-out levels; returns the printed table."""
     evaluated = subprocess.run(
         [sys.executable, script, "--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2",
          "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1"],
@@ -243,8 +249,7 @@ def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert f"{checkpoint}: 2 held-out levels" in evaluated.stdout
-    table = evaluated.stdout.split("held-out levels")[1]
-    assert "success" in table and "bayes-optimal   0.333  0.667" in table
+    return evaluated.stdout.split("held-out levels")[1]
 
 
 @pytest.mark.parametrize("agent", ["snail-cat", "memory-sf", "memory-sf-mix"])
@@ -275,14 +280,7 @@ def test_bank_variants_train_checkpoint_and_evaluate(tmp_path, agent):
             scalars(run_dir, "memory/success_bank_trajectories")
     checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
     assert (tmp_path / checkpoint).is_file()
-    evaluated = subprocess.run(
-        [sys.executable, script, "--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2",
-         "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert f"{checkpoint}: 2 held-out levels" in evaluated.stdout
-    assert "bayes-optimal   0.333  0.667" in evaluated.stdout.split("held-out levels")[1]
+    assert "bayes-optimal   0.333  0.667" in evaluate_checkpoint(script, checkpoint, tmp_path, env)
 
 
 def trajectory(length, value, obs_shape=(4, 4, 3)):
