@@ -118,6 +118,11 @@ class CausalAttentionBlock(nn.Module):
             read = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed & causal)
         return torch.cat([x, read], dim=-1)
 
+    def init_cache(self, batch_size, max_len, device=None):
+        """The (keys, values) buffers `step` fills, one row per position."""
+        keys = torch.zeros(batch_size, max_len, self.key.out_features, device=device)
+        return keys, torch.zeros(batch_size, max_len, self.value.out_features, device=device)
+
     def step(self, x_t, history, t, allowed=None):
         """Output at position t; `history` caches the keys and values of positions < t;
         `allowed` (B, t + 1) bool narrows the past as in `forward`."""
@@ -150,15 +155,11 @@ class SNAIL(nn.Module):
         def buffers(block):
             return [torch.zeros(batch_size, max_len, c.in_channels, device=device) for c in block.convs]
 
-        def keys_values(block):
-            keys = torch.zeros(batch_size, max_len, block.key.out_features, device=device)
-            return keys, torch.zeros(batch_size, max_len, block.value.out_features, device=device)
-
         return {
             "tc1": buffers(self.tc1),
-            "attn1": keys_values(self.attn1),
+            "attn1": self.attn1.init_cache(batch_size, max_len, device),
             "tc2": buffers(self.tc2),
-            "attn2": keys_values(self.attn2),
+            "attn2": self.attn2.init_cache(batch_size, max_len, device),
         }
 
     def step(self, x_t, cache, t):  # (B, in_dim) -> (B, out_dim), position t of the sequence

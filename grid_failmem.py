@@ -564,13 +564,12 @@ class Agent(nn.Module):
         """What a trial needs before its first step: the bank reads (computed once, Sec. 2.1),
         the SNAIL cache, and for snail-cat the cache filled with the bank's steps."""
         device = self.actor.weight.device
-        memories = self.read_banks(banks)
         if self.name == "ppo-finetune":
             return None, []
         if self.memoryless:  # ppo-finetune-attn keeps the episode's keys, values and ids
-            keys = torch.zeros(batch_size, max_len, self.episode_attention.key.out_features, device=device)
-            values = torch.zeros(batch_size, max_len, self.episode_attention.value.out_features, device=device)
-            return dict(kv=(keys, values), episode=torch.zeros(batch_size, max_len, dtype=torch.long, device=device)), []
+            kv = self.episode_attention.init_cache(batch_size, max_len, device)
+            return dict(kv=kv, episode=torch.zeros(batch_size, max_len, dtype=torch.long, device=device)), []
+        memories = self.read_banks(banks)
         cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
         if self.prefix_len:
             prefix = self.memory_prefix(banks[0])

@@ -264,7 +264,8 @@ def test_block_steps_match_forward():
         history = [torch.zeros(2, T, c.in_channels) for c in tc.convs]
         tc_steps = torch.stack([tc.step(x[:, t], history, t) for t in range(T)], dim=1)
         torch.testing.assert_close(tc_steps, tc(x), atol=1e-5, rtol=1e-5)
-        kv = (torch.zeros(2, T, 4), torch.zeros(2, T, 3))
+        kv = attn.init_cache(2, T)
+        assert kv[0].shape == (2, T, 4) and kv[1].shape == (2, T, 3)
         attn_steps = torch.stack([attn.step(x[:, t], kv, t) for t in range(T)], dim=1)
         torch.testing.assert_close(attn_steps, attn(x), atol=1e-5, rtol=1e-5)
 
