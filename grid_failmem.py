@@ -78,8 +78,8 @@ class Args:
     """X: coloured blocks per level, one goal and X - 1 traps"""
     obs_size: int = 16
     """side of the RGB observation in pixels, a multiple of W (paper: 64; 16 draws one pixel per cell)"""
-    num_train_levels: int = 40000
-    """training levels (paper: 40,000)"""
+    num_train_levels: int = 1000
+    """training levels (paper: 40,000; at CPU budgets 1,000 so that a level comes back and its bank fills)"""
     num_test_levels: int = 500
     """held-out test levels for the final evaluation (paper: 500)"""
     trial_len: int = 80
@@ -108,22 +108,22 @@ class Args:
     # PPO (Appendix A)
     total_timesteps: int = 5_000_000
     """total environment steps of training"""
-    learning_rate: float = 2.5e-4
-    """the Adam learning rate"""
+    learning_rate: float = 1e-3
+    """the Adam learning rate (paper: 2.5e-4; 1e-3 learns sooner at CPU budgets, docs/grid_levers_*.md)"""
     anneal_lr: bool = True
     """if toggled, the learning rate decays linearly to 0"""
     num_envs: int = 48
     """parallel envs, each running one trial per rollout (paper: 48 processes)"""
-    trials_per_minibatch: int = 12
-    """trials in one minibatch (paper's batch size 12)"""
+    trials_per_minibatch: int = 4
+    """trials in one minibatch (paper's batch size: 12; 4 gives 3x the gradient steps per sample)"""
     update_epochs: int = 4
     """PPO epochs over each rollout"""
-    gamma: float = 0.999
-    """discount factor"""
+    gamma: float = 0.99
+    """discount factor (paper: 0.999; 0.99 learns to reach blocks sooner, docs/grid_levers_*.md)"""
     gae_lambda: float = 0.95
     """lambda of generalised advantage estimation"""
-    norm_adv: bool = True
-    """if toggled, advantages are normalised per minibatch"""
+    norm_adv: str = "minibatch"
+    """advantage normalisation: minibatch (CleanRL's), batch (once over the whole rollout), or off"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
@@ -194,6 +194,10 @@ def check_args(args):
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
+        (
+            args.norm_adv not in ("minibatch", "batch", "off"),
+            f"--norm-adv must be minibatch, batch or off, got {args.norm_adv!r}",
+        ),
         (args.eval_every < 0, f"--eval-every must be 0 or positive, got {args.eval_every}"),
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
@@ -644,6 +648,8 @@ def ppo_update(agent, optimizer, args, batch, device):
     """`update_epochs` epochs of clipped PPO over the sequences in `batch` (tensors (B, T, ...)),
     `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
     clipfracs = []
+    if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
+        batch = dict(batch, advantages=(batch["advantages"] - batch["advantages"].mean()) / (batch["advantages"].std() + 1e-8))
     for epoch in range(args.update_epochs):
         for idx in torch.randperm(len(batch["actions"])).split(args.trials_per_minibatch):
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(
@@ -659,7 +665,7 @@ def ppo_update(agent, optimizer, args, batch, device):
                 old_approx_kl = (-logratio).mean()
                 approx_kl = ((ratio - 1) - logratio).mean()
                 clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-            if args.norm_adv and mb_advantages.numel() > 1:
+            if args.norm_adv == "minibatch" and mb_advantages.numel() > 1:
                 mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
             pg_loss = torch.max(

@@ -84,6 +84,14 @@ def latest_run(args, agent, seed):
     return runs[-1] if runs else None
 
 
+def mean_and_spread(curves):
+    """Curves (steps, values) of the seeds of one agent, cut to their common length -> steps,
+    mean, min, max: the line and the shaded band of the figures."""
+    length = min(len(values) for _, values in curves)
+    stacked = np.stack([values[:length] for _, values in curves])
+    return curves[0][0][:length], stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
 def plot(args, jobs):
     import matplotlib
 
@@ -93,33 +101,49 @@ def plot(args, jobs):
     os.makedirs(args.out, exist_ok=True)
     name = f"{args.env}_{args.tag}"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    table = ["| agent | seed | steps | " + " | ".join(f"ep {k}" for k in range(1, 6)) + " | mean | return | minutes |",
-             "|" + "---|" * 11]
+    episodes = " | ".join(f"ep {k}" for k in range(1, 6))
+    table = [f"| agent | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
+    summary = [f"| agent | seeds | {episodes} | mean |", "|" + "---|" * 8]
     colours = dict(zip(["memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune",
                         "ppo-finetune-attn"], plt.cm.tab10.colors))
-    for agent, seed in jobs:
-        run = latest_run(args, agent, seed)
-        if run is None:
-            continue
-        colour, label = colours.get(agent), f"{agent} seed {seed}"
-        steps, success = scalars(run, "charts/episode_success")
-        smooth = np.convolve(success, np.ones(10) / 10, mode="valid") if len(success) >= 10 else success
-        axes[0].plot(steps[len(steps) - len(smooth) :], smooth, label=label, color=colour)
-        steps, test = scalars(run, "eval/mean_success")
-        axes[1].plot(steps, test, marker="o", label=label, color=colour)
-        final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
-        if all(len(values) for _, values in final):
-            per_episode = [values[-1] for _, values in final]
-            axes[2].plot(range(1, 6), per_episode, marker="o", label=label, color=colour)
-            ret = scalars(run, "eval/mean_return")[1][-1]
-            started = int(run.rsplit("__", 1)[1])  # run_name ends with its start time
-            wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - started) / 60
-            table.append(f"| {agent} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
-                         + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
+    for agent in args.agents:
+        training, held_out, finals = [], [], []
+        for seed in args.seeds:
+            run = latest_run(args, agent, seed)
+            if run is None:
+                continue
+            steps, success = scalars(run, "charts/episode_success")
+            if len(success) >= 10:
+                training.append((steps[9:], np.convolve(success, np.ones(10) / 10, mode="valid")))
+            if len(scalars(run, "eval/mean_success")[1]):
+                held_out.append(scalars(run, "eval/mean_success"))
+            final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
+            if all(len(values) for _, values in final):
+                per_episode = [values[-1] for _, values in final]
+                finals.append(per_episode)
+                ret = scalars(run, "eval/mean_return")[1][-1]
+                started = int(run.rsplit("__", 1)[1])  # run_name ends with its start time
+                wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - started) / 60
+                table.append(f"| {agent} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
+                             + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
+        colour, label = colours.get(agent), f"{agent} ({len(finals) or len(training)} seeds)"
+        for ax, curves, marker in ((axes[0], training, None), (axes[1], held_out, "o")):
+            if curves:  # the mean over seeds, the band from the lowest to the highest seed
+                steps, mean, low, high = mean_and_spread(curves)
+                ax.plot(steps, mean, marker=marker, label=label, color=colour)
+                ax.fill_between(steps, low, high, color=colour, alpha=0.2)
+        if finals:
+            finals = np.array(finals)
+            axes[2].errorbar(range(1, 6), finals.mean(0), yerr=[finals.mean(0) - finals.min(0), finals.max(0) - finals.mean(0)],
+                             marker="o", capsize=3, label=label, color=colour)
+            summary.append(f"| {agent} | {len(finals)} | " + " | ".join(
+                f"{m:.3f} ± {s:.3f}" for m, s in zip(finals.mean(0), finals.std(0))) +
+                f" | {finals.mean():.3f} ± {finals.mean(1).std():.3f} |")
     optimal = [min(k, 3) / 3 for k in range(1, 6)]  # X = 3 blocks, boxes or balls: min(k, X) / X
     axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
     table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
-    axes[0].set(title="training: episode success", xlabel="env steps", ylabel="success rate")
+    summary.append("| Bayes-optimal | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} |")
+    axes[0].set(title="training: episode success (mean of 10 updates)", xlabel="env steps", ylabel="success rate")
     axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
     axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
     for ax in axes:
@@ -127,7 +151,7 @@ def plot(args, jobs):
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    fig.suptitle(TITLES[args.env])
+    fig.suptitle(f"{TITLES[args.env]}: lines are the mean over seeds, bands and bars the lowest to the highest seed")
     fig.tight_layout()
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
     plot_error_modes(args, jobs, plt, name)
@@ -136,24 +160,27 @@ def plot(args, jobs):
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --tag {args.tag}"
                + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# {TITLES[args.env]}: {' vs. '.join(args.agents)}", "", f"Made by `{command}`.", "",
-            "Last evaluation of each run on the held-out levels (greedy, empty bank at the start, 5 episodes; "
-            "at the end of training it covers all the held-out levels); minutes: wall time of the run:", "",
+            "Last evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes; at the end of "
+            "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
+            *summary, "", "Each run; minutes: its wall time:", "",
             *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
     (Path(args.out) / f"{name}.md").write_text("\n".join(text))
     print("\n".join(text))
 
 
 def plot_error_modes(args, jobs, plt, name):
-    """Fig. 3c/d: the outcome of the 5 test episodes on each held-out level, per evaluation."""
-    fig, axes = plt.subplots(1, len(jobs), figsize=(5 * len(jobs), 3.5), squeeze=False)
-    for ax, (agent, seed) in zip(axes[0], jobs):
-        run = latest_run(args, agent, seed)
-        curves = [scalars(run, f"eval/{mode}") for mode in ERROR_MODES] if run else []
-        if not curves or not len(curves[0][0]):
+    """Fig. 3c/d: the outcome of the 5 test episodes on each held-out level, per evaluation,
+    one panel per agent, averaged over its seeds."""
+    fig, axes = plt.subplots(1, len(args.agents), figsize=(5 * len(args.agents), 3.5), squeeze=False)
+    for ax, agent in zip(axes[0], args.agents):
+        runs = [run for run in (latest_run(args, agent, seed) for seed in args.seeds) if run]
+        modes = [[scalars(run, f"eval/{mode}") for run in runs] for mode in ERROR_MODES]
+        if not runs or not all(len(values) for curves in modes for _, values in curves):
             continue
-        ax.stackplot(curves[0][0], *[values for _, values in curves], labels=ERROR_MODES,
+        steps = mean_and_spread(modes[0])[0]
+        ax.stackplot(steps, *[mean_and_spread(curves)[1] for curves in modes], labels=ERROR_MODES,
                      colors=["tab:green", "tab:red", "tab:purple", "tab:gray"])
-        ax.set(title=f"{agent} seed {seed}", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
+        ax.set(title=f"{agent} ({len(runs)} seeds)", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -390,6 +390,30 @@ def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeyp
         assert torch.equal(value, trained[key]), key
 
 
+@pytest.mark.parametrize("norm_adv, moves", [("minibatch", False), ("batch", True)])
+def test_advantage_normalisation_scope(norm_adv, moves):
+    """One trial per minibatch, each trial with its own constant advantage: normalised per
+    minibatch every advantage becomes 0 and the policy gets no gradient; normalised over the
+    rollout they stay apart and the policy moves."""
+    torch.manual_seed(0)
+    args = small_args(agent="ppo-finetune", norm_adv=norm_adv, trials_per_minibatch=1, update_epochs=1,
+                      vf_coef=0.0, ent_coef=0.0)
+    agent = gf.Agent(args, 4)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    B, T = 4, args.trial_len
+    frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
+    zeros = torch.zeros(B, T)
+    actions = torch.randint(0, 4, (B, T))
+    with torch.no_grad():
+        _, logprobs, _, values = agent.get_action_and_value(frames, actions, zeros, zeros, [], actions)
+    advantages = torch.tensor([1.0, -1.0, 2.0, -2.0])[:, None].expand(B, T).clone()
+    batch = dict(frames=frames, prev_actions=actions, prev_rewards=zeros, starts=zeros, banks=[], actions=actions,
+                 logprobs=logprobs, advantages=advantages, returns=values, values=values)
+    before = agent.actor.weight.clone()
+    gf.ppo_update(agent, optimizer, args, batch, "cpu")
+    assert (not torch.allclose(agent.actor.weight, before)) == moves
+
+
 # --- evaluation ----------------------------------------------------------------------------
 def test_error_modes_partition_the_levels():
     success = np.array([[0, 0, 1, 1, 1], [0] * 5, [0] * 5, [0] * 5, [0] * 5], bool)
@@ -545,6 +569,7 @@ BAD_FLAGS = [
     (dict(num_train_levels=0), "--num-train-levels"),
     (dict(trial_len=1), "--trial-len"),
     (dict(mem_update="step"), "--mem-update"),
+    (dict(norm_adv="yes"), "--norm-adv"),
     (dict(mem_update="episode", agent="snail"), "--mem-update"),
     (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
     (dict(eval_only=True), "--checkpoint"),
