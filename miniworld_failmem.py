@@ -140,8 +140,8 @@ class Args:
     """discount factor"""
     gae_lambda: float = 0.95
     """lambda of generalised advantage estimation"""
-    norm_adv: bool = True
-    """if toggled, advantages are normalised per minibatch"""
+    norm_adv: str = "minibatch"
+    """advantage normalisation: minibatch (CleanRL's), batch (once over the whole rollout), or off"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     clip_vloss: bool = True
@@ -198,6 +198,10 @@ def check_args(args):
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
+        (
+            args.norm_adv not in ("minibatch", "batch", "off"),
+            f"--norm-adv must be minibatch, batch or off, got {args.norm_adv!r}",
+        ),
         (args.eval_every < 0, f"--eval-every must be 0 or positive, got {args.eval_every}"),
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
@@ -904,6 +908,8 @@ if __name__ == "__main__":
                 last_gae = delta + args.gamma * args.gae_lambda * last_gae
                 advantages[:, t] = last_gae
             returns = advantages + values_buf
+            if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
         # PPO epochs over whole trials
         clipfracs = []
@@ -922,7 +928,7 @@ if __name__ == "__main__":
                     old_approx_kl = (-logratio).mean()
                     approx_kl = ((ratio - 1) - logratio).mean()
                     clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-                if args.norm_adv:
+                if args.norm_adv == "minibatch":
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
                 pg_loss = torch.max(

@@ -2,9 +2,11 @@
 
     python benchmark/learning.py --env grid --total-timesteps 400000 -- --num-train-levels 1000
     python benchmark/learning.py --env miniworld --agents memory snail --seeds 1 2 3 -- --obs-size 32
+    python benchmark/learning.py --agents memory --vary mem-len 6 20 80 --tag fig4a   # one flag's values
 
-Trains every (agent, seed) with {env}_failmem.py (one torch thread each, `--parallel` at once;
-flags after `--` go to every run), then reads their TensorBoard logs and writes into docs/:
+Trains every (agent, seed), or with `--vary FLAG V1 V2 ...` every (agent, value, seed), with
+{env}_failmem.py (one torch thread each, `--parallel` at once; flags after `--` go to every run),
+then reads their TensorBoard logs and writes into docs/ (a curve per agent or value, mean over seeds):
   {env}_{tag}.png              training episode success and held-out success vs. steps, and the
                                per-episode test success of the final agents beside the Bayes-optimal line
   {env}_{tag}_error_modes.png  the four outcomes of Fig. 3c/d at each periodic evaluation, per run
@@ -43,28 +45,32 @@ def main():
     parser.add_argument("--env", choices=sorted(TITLES), default="grid")
     parser.add_argument("--agents", nargs="+", default=["memory", "snail"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--vary", nargs="+", metavar=("FLAG", "VALUE"), help="a flag (no dashes) and its values: a curve each")
     parser.add_argument("--total-timesteps", type=int, default=400_000)
     parser.add_argument("--parallel", type=int, default=2, help="runs at once, one torch thread each")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the runs (10 leaves the cores to others)")
     parser.add_argument("--tag", default="learning", help="exp-name of the runs and suffix of the docs files")
+    parser.add_argument("--name", help="docs file names {env}_{name}.* (default: the tag), to plot a subset of runs apart")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--plot-only", action="store_true", help="only read existing runs/ and plot")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags passed to every run")
     args = parser.parse_args()
     args.extra = [x for x in args.extra if x != "--"]
 
-    jobs = [(agent, seed) for seed in args.seeds for agent in args.agents]
+    if args.vary and len(args.vary) < 2:
+        parser.error("--vary needs a flag and at least one value")
+    jobs = [(curve, seed) for seed in args.seeds for curve in curves(args)]
     if not args.plot_only:
         (ROOT / "runs").mkdir(exist_ok=True)
         running, launched, started = [], [], time.time()
-        for agent, seed in jobs:
+        for (_, agent, flags, exp), seed in jobs:
             while len(running) >= args.parallel:
                 running = [p for p in running if p.poll() is None]
                 time.sleep(5)
-            log = open(ROOT / "runs" / f"{args.env}_{args.tag}_{agent}_{seed}.log", "w")
+            log = open(ROOT / "runs" / f"{args.env}_{exp}_{agent}_{seed}.log", "w")
             command = ["nice", "-n", str(args.nice), sys.executable, str(ROOT / f"{args.env}_failmem.py"),
-                       "--agent", agent, "--seed", str(seed), "--exp-name", args.tag, "--threads", "1",
-                       "--total-timesteps", str(args.total_timesteps), *args.extra]
+                       "--agent", agent, "--seed", str(seed), "--exp-name", exp, "--threads", "1",
+                       "--total-timesteps", str(args.total_timesteps), *args.extra, *flags]
             print(" ".join(command[4:]))
             launched.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             running.append(launched[-1])
@@ -74,13 +80,22 @@ def main():
             if p.returncode:  # a run stopped from outside has no final evaluation: say so
                 print(f"{' '.join(p.args[4:9])} exited with {p.returncode}")
         print(f"all runs done in {(time.time() - started) / 60:.1f} min")
-    plot(args, jobs)
+    plot(args)
 
 
-def latest_run(args, agent, seed):
-    runs = sorted(glob.glob(str(ROOT / "runs" / f"{args.env}__{args.tag}__{agent}__{seed}__*")))
+def curves(args):
+    """(label, agent, its flags, exp-name of its runs) of every curve."""
+    if not args.vary:
+        return [(agent, agent, [], args.tag) for agent in args.agents]
+    flag, values = args.vary[0], args.vary[1:]
+    return [(f"{agent} --{flag} {value}", agent, [f"--{flag}", value], f"{args.tag}_{flag}{value}")
+            for agent in args.agents for value in values]
+
+
+def latest_run(args, exp, agent, seed):
+    runs = sorted(glob.glob(str(ROOT / "runs" / f"{args.env}__{exp}__{agent}__{seed}__*")))
     if not runs:
-        print(f"no run for {agent} seed {seed}")
+        print(f"no run for {exp} {agent} seed {seed}")
     return runs[-1] if runs else None
 
 
@@ -92,24 +107,22 @@ def mean_and_spread(curves):
     return curves[0][0][:length], stacked.mean(0), stacked.min(0), stacked.max(0)
 
 
-def plot(args, jobs):
+def plot(args):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(args.out, exist_ok=True)
-    name = f"{args.env}_{args.tag}"
+    name = f"{args.env}_{args.name or args.tag}"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     episodes = " | ".join(f"ep {k}" for k in range(1, 6))
-    table = [f"| agent | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
-    summary = [f"| agent | seeds | {episodes} | mean |", "|" + "---|" * 8]
-    colours = dict(zip(["memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune",
-                        "ppo-finetune-attn"], plt.cm.tab10.colors))
-    for agent in args.agents:
+    table = [f"| curve | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
+    summary = [f"| curve | seeds | {episodes} | mean |", "|" + "---|" * 8]
+    for (label_, agent, _, exp), colour in zip(curves(args), plt.cm.tab10.colors):
         training, held_out, finals = [], [], []
         for seed in args.seeds:
-            run = latest_run(args, agent, seed)
+            run = latest_run(args, exp, agent, seed)
             if run is None:
                 continue
             steps, success = scalars(run, "charts/episode_success")
@@ -124,19 +137,19 @@ def plot(args, jobs):
                 ret = scalars(run, "eval/mean_return")[1][-1]
                 started = int(run.rsplit("__", 1)[1])  # run_name ends with its start time
                 wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - started) / 60
-                table.append(f"| {agent} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
+                table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
-        colour, label = colours.get(agent), f"{agent} ({len(finals) or len(training)} seeds)"
-        for ax, curves, marker in ((axes[0], training, None), (axes[1], held_out, "o")):
-            if curves:  # the mean over seeds, the band from the lowest to the highest seed
-                steps, mean, low, high = mean_and_spread(curves)
+        label = f"{label_} ({len(finals) or len(training)} seeds)"
+        for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o")):
+            if seed_curves:  # the mean over seeds, the band from the lowest to the highest seed
+                steps, mean, low, high = mean_and_spread(seed_curves)
                 ax.plot(steps, mean, marker=marker, label=label, color=colour)
                 ax.fill_between(steps, low, high, color=colour, alpha=0.2)
         if finals:
             finals = np.array(finals)
             axes[2].errorbar(range(1, 6), finals.mean(0), yerr=[finals.mean(0) - finals.min(0), finals.max(0) - finals.mean(0)],
                              marker="o", capsize=3, label=label, color=colour)
-            summary.append(f"| {agent} | {len(finals)} | " + " | ".join(
+            summary.append(f"| {label_} | {len(finals)} | " + " | ".join(
                 f"{m:.3f} ± {s:.3f}" for m, s in zip(finals.mean(0), finals.std(0))) +
                 f" | {finals.mean():.3f} ± {finals.mean(1).std():.3f} |")
     optimal = [min(k, 3) / 3 for k in range(1, 6)]  # X = 3 blocks, boxes or balls: min(k, X) / X
@@ -154,12 +167,14 @@ def plot(args, jobs):
     fig.suptitle(f"{TITLES[args.env]}: lines are the mean over seeds, bands and bars the lowest to the highest seed")
     fig.tight_layout()
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
-    plot_error_modes(args, jobs, plt, name)
+    plot_error_modes(args, plt, name)
 
     command = (f"python benchmark/learning.py --env {args.env} --agents {' '.join(args.agents)} --seeds "
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --tag {args.tag}"
+               + (f" --vary {' '.join(args.vary)}" if args.vary else "")
+               + (f" --name {args.name} --plot-only" if args.name else "")
                + (" -- " + " ".join(args.extra) if args.extra else ""))
-    text = [f"# {TITLES[args.env]}: {' vs. '.join(args.agents)}", "", f"Made by `{command}`.", "",
+    text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`.", "",
             "Last evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes; at the end of "
             "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
             *summary, "", "Each run; minutes: its wall time:", "",
@@ -168,19 +183,19 @@ def plot(args, jobs):
     print("\n".join(text))
 
 
-def plot_error_modes(args, jobs, plt, name):
+def plot_error_modes(args, plt, name):
     """Fig. 3c/d: the outcome of the 5 test episodes on each held-out level, per evaluation,
     one panel per agent, averaged over its seeds."""
-    fig, axes = plt.subplots(1, len(args.agents), figsize=(5 * len(args.agents), 3.5), squeeze=False)
-    for ax, agent in zip(axes[0], args.agents):
-        runs = [run for run in (latest_run(args, agent, seed) for seed in args.seeds) if run]
+    fig, axes = plt.subplots(1, len(curves(args)), figsize=(5 * len(curves(args)), 3.5), squeeze=False)
+    for ax, (label, agent, _, exp) in zip(axes[0], curves(args)):
+        runs = [run for run in (latest_run(args, exp, agent, seed) for seed in args.seeds) if run]
         modes = [[scalars(run, f"eval/{mode}") for run in runs] for mode in ERROR_MODES]
-        if not runs or not all(len(values) for curves in modes for _, values in curves):
+        if not runs or not all(len(values) for mode in modes for _, values in mode):
             continue
         steps = mean_and_spread(modes[0])[0]
-        ax.stackplot(steps, *[mean_and_spread(curves)[1] for curves in modes], labels=ERROR_MODES,
+        ax.stackplot(steps, *[mean_and_spread(mode)[1] for mode in modes], labels=ERROR_MODES,
                      colors=["tab:green", "tab:red", "tab:purple", "tab:gray"])
-        ax.set(title=f"{agent} ({len(runs)} seeds)", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
+        ax.set(title=f"{label} ({len(runs)} seeds)", xlabel="env steps", ylabel="fraction of levels", ylim=(0, 1))
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -232,6 +232,7 @@ def test_train_then_eval_only(agent, tmp_path):
         (["--num-envs", "3", "--num-workers", "2"], "--num-envs"),
         (["--mem-len", "0"], "--mem-len"),
         (["--eval-only", "--checkpoint", "/nonexistent/agent.pt"], "--checkpoint"),
+        (["--norm-adv", "yes"], "--norm-adv"),
     ],
 )
 def test_bad_flags_give_one_line(flags, named):

@@ -337,6 +337,7 @@ def test_sf_banks_share_the_ram_bound():
         (["--obs-size", "4"], "--obs-size"),
         (["--num-envs", "3", "--num-workers", "2"], "--num-envs"),
         (["--eval-only"], "--eval-only"),
+        (["--norm-adv", "yes"], "--norm-adv"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags, name):

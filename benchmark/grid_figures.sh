@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every comparison of the paper's Sec. 3 on the gridworld, 3 seeds per curve, equal step budgets:
+#   bash benchmark/grid_figures.sh                 # STEPS=1000000 by default
+#   STEPS=200000 SEEDS="1 2 3" bash benchmark/grid_figures.sh
+#   EXTRA="--num-test-levels 50" bash benchmark/grid_figures.sh   # flags for every run
+# Each line trains its runs (two at a time, one torch thread each) and writes docs/grid_<name>.{md,png}.
+# Cost on 2 CPU cores at ~300 steps/s per run: 7 agents x 3 seeds x 1M steps is about 10 hours for
+# Fig. 3 alone; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-1000000}
+SEEDS=${SEEDS:-1 2 3}
+EXTRA=${EXTRA:-}
+run() { python benchmark/learning.py --env grid --seeds $SEEDS --total-timesteps "$STEPS" "$@" -- $EXTRA; }
+
+# Fig. 3a/b (every agent) and 3c/d (their error modes over training)
+run --tag fig3 --agents memory snail snail-cat memory-sf memory-sf-mix ppo-finetune ppo-finetune-attn
+# Fig. 4b (memory, snail, snail-cat) and Fig. 6a/c (memory and the success banks): the Fig. 3 runs, plotted apart
+run --tag fig3 --name fig4b --plot-only --agents memory snail snail-cat
+run --tag fig3 --name fig6 --plot-only --agents memory memory-sf memory-sf-mix
+# Fig. 4a: the length L of a stored failure
+run --tag fig4a --agents memory --vary mem-len 6 20 80
+# our ablation: failures enter the bank at the end of the trial (paper) or of each episode
+run --tag memupdate --agents memory --vary mem-update trial episode
