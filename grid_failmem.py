@@ -104,6 +104,9 @@ class Args:
     """E: embedding size"""
     num_heads: int = 4
     """attention heads of the Transformer and the memory read"""
+    time_aware_value: bool = False
+    """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
+    its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it"""
 
     # PPO (Appendix A)
     total_timesteps: int = 5_000_000
@@ -528,7 +531,8 @@ class Agent(nn.Module):
         # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3); memory-sf concatenates both reads (Fig. C.2)
         self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(256, 1), std=1.0)
+        self.trial_len, self.time_aware = args.trial_len, args.time_aware_value
+        self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
 
     def embed_memory(self, bank, reader=0):
         """Sec. 2.1: v_tau for every slot of the banks (frames (B, N, L, H, W, 3), actions,
@@ -581,28 +585,31 @@ class Agent(nn.Module):
                 self.snail.step(prefix[:, t], cache, t)
         return cache, memories
 
-    def heads(self, trial_features, obs_embed, memories):
+    def heads(self, trial_features, obs_embed, memories, steps):
+        """Logits and values; `steps` (B,) or (B, T) is each one's position in its trial."""
         hidden = [self.trial_mlp(trial_features)]
         query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
         for read, (memory, slots) in zip(self.memory_read, memories):
             hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
         hidden = self.trunk(torch.cat(hidden, -1))
-        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        critic_in = torch.cat([hidden, steps[..., None] / self.trial_len], -1) if self.time_aware else hidden
+        return self.actor(hidden), self.critic(critic_in).squeeze(-1)
 
     def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
         cache, memories = trial_state
         obs_embed = self.obs_embed(self.cnn(frames))
+        steps = torch.full(obs_embed.shape[:1], float(t), device=obs_embed.device)
         if self.name == "ppo-finetune":
-            return self.heads(obs_embed, obs_embed, memories)
+            return self.heads(obs_embed, obs_embed, memories, steps)
         if self.name == "ppo-finetune-attn":
             episode = (cache["episode"][:, t - 1] if t else 0) + episode_starts.long()
             cache["episode"][:, t] = episode
             same_episode = cache["episode"][:, : t + 1] == episode[:, None]
             read = self.episode_attention.step(obs_embed, cache["kv"], t, same_episode)
-            return self.heads(self.episode_out(read), obs_embed, memories)
+            return self.heads(self.episode_out(read), obs_embed, memories, steps)
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
-        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories)
+        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, steps)
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
         """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank is (frames,
@@ -621,7 +628,8 @@ class Agent(nn.Module):
             trial_features = self.snail(x)[:, self.prefix_len :]
         # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
         memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
-        logits, values = self.heads(trial_features, obs_embed, memories)
+        steps = torch.arange(frames.shape[1], device=frames.device).float().expand(frames.shape[:2])
+        logits, values = self.heads(trial_features, obs_embed, memories, steps)
         dist = Categorical(logits=logits)
         if actions is None:
             actions = dist.sample()

@@ -283,12 +283,13 @@ def small_args(**overrides):
     return args
 
 
+@pytest.mark.parametrize("time_aware", [False, True])
 @pytest.mark.parametrize("agent_name", gf.AGENTS)
-def test_step_mode_matches_whole_trial(agent_name):
+def test_step_mode_matches_whole_trial(agent_name, time_aware):
     """The rollout's per-step outputs and the update's whole-trial outputs are the same numbers,
     so PPO's first ratio is 1."""
     torch.manual_seed(0)
-    args = small_args(agent=agent_name)
+    args = small_args(agent=agent_name, time_aware_value=time_aware)
     agent = gf.Agent(args, 4)
     B, T = 3, args.trial_len
     frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
@@ -317,6 +318,21 @@ def test_step_mode_matches_whole_trial(agent_name):
             step_logprob = torch.log_softmax(logits, -1).gather(1, actions[:, t : t + 1]).squeeze(1)
             assert torch.allclose(step_logprob, logprob[:, t], atol=1e-5)
             assert torch.allclose(v, value[:, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("time_aware", [False, True])
+def test_time_aware_critic_sees_the_step_and_the_actor_does_not(time_aware):
+    torch.manual_seed(0)
+    args = small_args(agent="snail", time_aware_value=time_aware)
+    agent = gf.Agent(args, 4)
+    features, obs = torch.randn(2, 5, args.embed_dim), torch.randn(2, 5, args.embed_dim)
+    with torch.no_grad():
+        logits0, values0 = agent.heads(features, obs, [], torch.zeros(2, 5))
+        logits1, values1 = agent.heads(features, obs, [], torch.full((2, 5), float(args.trial_len)))
+    assert torch.equal(logits0, logits1)
+    # t / T enters the critic's last layer: its weight on it times the change of 1
+    expected = agent.critic.weight[0, -1].item() if time_aware else 0.0
+    torch.testing.assert_close(values1 - values0, torch.full((2, 5), expected))
 
 
 def test_which_agents_read_which_bank():
