@@ -3,7 +3,9 @@
   (a) the batched env with random actions (every env in one numpy call)
   (b) a per-env Python loop over the single gymnasium env (how a mazelab env is stepped)
   (c) rollout inference: the memory agent's step (cached CNN, SNAIL cache, bank read) + env
-  (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it
+  (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it,
+      and how its time splits between the rollout and the PPO update
+  (e) where an update's time goes: forward + backward of one minibatch through each part
 
     python benchmark/grid_throughput.py [--obs-size 16] [--threads 2]
 
@@ -81,6 +83,28 @@ def main():
                "--num-test-levels", "1", "--exp-name", "throughput"]
     out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
     training = float(re.findall(r"SPS (\d+)", out)[-1])
+    rollout_s, update_s = (float(x) for x in re.findall(r"rollout ([\d.]+) s, update ([\d.]+) s", out)[-1])
+
+    # (e) one minibatch of the update, forward + backward, part by part (the memory agent, full banks)
+    trials = agent_args.trials_per_minibatch
+    frames = torch.randint(0, 256, (trials, 80, args.obs_size, args.obs_size, 3), dtype=torch.uint8)
+    zeros = torch.zeros(trials, 80)
+    actions = torch.zeros(trials, 80, dtype=torch.long)
+    banks = [[*x, torch.ones(trials, 80, 8, dtype=torch.bool)] for x in gf.bank_tensors([bank], range(trials), "cpu")]
+    snail_in = torch.randn(trials, 80, agent.snail.tc1.convs[0].in_channels)
+
+    def backward(loss):
+        loss.backward()
+        agent.zero_grad()
+
+    parts = [
+        ("CNN over the trials' frames", lambda: backward(agent.cnn(frames).sum())),
+        ("bank: CNN + trajectory Transformer", lambda: backward(agent.read_banks(banks)[0][0].sum())),
+        ("SNAIL over the trials", lambda: backward(agent.snail(snail_in).sum())),
+        ("the whole agent (get_action_and_value)",
+         lambda: backward(agent.get_action_and_value(frames, actions, zeros, zeros, banks, actions)[1].sum())),
+    ]
+    per_minibatch = [(name, 1000.0 / rate(fn, 1, seconds=3.0)) for name, fn in parts]
 
     rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env),
             ("(c) rollout inference, memory agent + env", inference), ("(d) training (rollout + PPO)", training)]
@@ -88,7 +112,11 @@ def main():
             f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
             f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}.", "",
             "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
-            f"(a)/(b) = {batched / per_env:.1f}; (d)/(a) = {training / batched:.4f}; (d)/(c) = {training / inference:.2f}.", ""]
+            f"(a)/(b) = {batched / per_env:.1f}; (d)/(a) = {training / batched:.4f}; (d)/(c) = {training / inference:.2f}.", "",
+            f"(d) per update of {80 * args.num_envs:,} steps: rollout {rollout_s:.1f} s, PPO update {update_s:.1f} s "
+            f"({agent_args.update_epochs} epochs x {args.num_envs // trials} minibatches of {trials} trials).", "",
+            f"(e) one minibatch ({trials} trials x 80 steps, every bank full), forward + backward:", "",
+            "| part | ms |", "|---|---|", *[f"| {name} | {ms:.0f} |" for name, ms in per_minibatch], ""]
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}_threads{args.threads}.md").write_text("\n".join(text))
     print("\n".join(text))

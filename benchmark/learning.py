@@ -115,12 +115,12 @@ def plot(args):
 
     os.makedirs(args.out, exist_ok=True)
     name = f"{args.env}_{args.name or args.tag}"
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     episodes = " | ".join(f"ep {k}" for k in range(1, 6))
     table = [f"| curve | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
     summary = [f"| curve | seeds | {episodes} | mean |", "|" + "---|" * 8]
     for (label_, agent, _, exp), colour in zip(curves(args), plt.cm.tab10.colors):
-        training, held_out, finals = [], [], []
+        training, held_out, finals, clipping = [], [], [], []
         for seed in args.seeds:
             run = latest_run(args, exp, agent, seed)
             if run is None:
@@ -128,6 +128,7 @@ def plot(args):
             steps, success = scalars(run, "charts/episode_success")
             if len(success) >= 10:
                 training.append((steps[9:], np.convolve(success, np.ones(10) / 10, mode="valid")))
+            clipping.append(scalars(run, "losses/clipfrac"))
             if len(scalars(run, "eval/mean_success")[1]):
                 held_out.append(scalars(run, "eval/mean_success"))
             final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
@@ -140,7 +141,7 @@ def plot(args):
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
         label = f"{label_} ({len(finals) or len(training)} seeds)"
-        for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o")):
+        for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o"), (axes[3], clipping, None)):
             if seed_curves:  # the mean over seeds, the band from the lowest to the highest seed
                 steps, mean, low, high = mean_and_spread(seed_curves)
                 ax.plot(steps, mean, marker=marker, label=label, color=colour)
@@ -159,10 +160,11 @@ def plot(args):
     axes[0].set(title="training: episode success (mean of 10 updates)", xlabel="env steps", ylabel="success rate")
     axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
     axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
+    axes[3].set(title="PPO: fraction of clipped ratios per update", xlabel="env steps")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[:2]:
+    for ax in (axes[0], axes[1], axes[3]):
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.suptitle(f"{TITLES[args.env]}: lines are the mean over seeds, bands and bars the lowest to the highest seed")
     fig.tight_layout()
