@@ -586,30 +586,31 @@ class Agent(nn.Module):
         return cache, memories
 
     def heads(self, trial_features, obs_embed, memories, steps):
-        """Logits and values; `steps` (B,) or (B, T) is each one's position in its trial."""
+        """Logits and values; `steps` is the position in the trial: the rollout's t, or (T,) for whole trials."""
         hidden = [self.trial_mlp(trial_features)]
         query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
         for read, (memory, slots) in zip(self.memory_read, memories):
             hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
         hidden = self.trunk(torch.cat(hidden, -1))
-        critic_in = torch.cat([hidden, steps[..., None] / self.trial_len], -1) if self.time_aware else hidden
-        return self.actor(hidden), self.critic(critic_in).squeeze(-1)
+        if not self.time_aware:
+            return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
+        return self.actor(hidden), self.critic(torch.cat([hidden, place[..., None] / self.trial_len], -1)).squeeze(-1)
 
     def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
         cache, memories = trial_state
         obs_embed = self.obs_embed(self.cnn(frames))
-        steps = torch.full(obs_embed.shape[:1], float(t), device=obs_embed.device)
         if self.name == "ppo-finetune":
-            return self.heads(obs_embed, obs_embed, memories, steps)
+            return self.heads(obs_embed, obs_embed, memories, t)
         if self.name == "ppo-finetune-attn":
             episode = (cache["episode"][:, t - 1] if t else 0) + episode_starts.long()
             cache["episode"][:, t] = episode
             same_episode = cache["episode"][:, : t + 1] == episode[:, None]
             read = self.episode_attention.step(obs_embed, cache["kv"], t, same_episode)
-            return self.heads(self.episode_out(read), obs_embed, memories, steps)
+            return self.heads(self.episode_out(read), obs_embed, memories, t)
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
-        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, steps)
+        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, t)
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
         """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank is (frames,
@@ -628,8 +629,7 @@ class Agent(nn.Module):
             trial_features = self.snail(x)[:, self.prefix_len :]
         # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
         memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
-        steps = torch.arange(frames.shape[1], device=frames.device).float().expand(frames.shape[:2])
-        logits, values = self.heads(trial_features, obs_embed, memories, steps)
+        logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
         dist = Categorical(logits=logits)
         if actions is None:
             actions = dist.sample()
@@ -657,7 +657,8 @@ def ppo_update(agent, optimizer, args, batch, device):
     `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
     clipfracs = []
     if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
-        batch = dict(batch, advantages=(batch["advantages"] - batch["advantages"].mean()) / (batch["advantages"].std() + 1e-8))
+        advantages = batch["advantages"]
+        batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
     for epoch in range(args.update_epochs):
         for idx in torch.randperm(len(batch["actions"])).split(args.trials_per_minibatch):
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(

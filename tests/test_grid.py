@@ -327,8 +327,8 @@ def test_time_aware_critic_sees_the_step_and_the_actor_does_not(time_aware):
     agent = gf.Agent(args, 4)
     features, obs = torch.randn(2, 5, args.embed_dim), torch.randn(2, 5, args.embed_dim)
     with torch.no_grad():
-        logits0, values0 = agent.heads(features, obs, [], torch.zeros(2, 5))
-        logits1, values1 = agent.heads(features, obs, [], torch.full((2, 5), float(args.trial_len)))
+        logits0, values0 = agent.heads(features, obs, [], 0)
+        logits1, values1 = agent.heads(features, obs, [], args.trial_len)
     assert torch.equal(logits0, logits1)
     # t / T enters the critic's last layer: its weight on it times the change of 1
     expected = agent.critic.weight[0, -1].item() if time_aware else 0.0
