@@ -116,8 +116,8 @@ def plot(args):
     text = ["# Gridworld: sample-efficiency levers", "", f"Made by `{command}`.", "",
             "The navigation probe: the paper's 16 x 16 grid with one block, always the goal, and the memoryless "
             "agent; changes to the paper's PPO settings, same seed and step budget, one torch thread per run and "
-            "two runs at once on 2 cores. Episode success: the fraction of training episodes that reached the "
-            "block (a random walk: about 0.13); steps to 0.5: first time the mean of 10 updates reaches 0.5.", "",
+            "two runs at once on 2 cores (SPS and minutes depend on what ran beside: compare steps). Episode success: the fraction of training episodes that reached the "
+            "block (a random walk: about 0.15); steps to 0.5: first time the mean of 10 updates reaches 0.5.", "",
             *table, "", f"![levers]({name}.png)", ""]
     (Path(args.out) / f"{name}.md").write_text("\n".join(text))
     print("\n".join(text))
