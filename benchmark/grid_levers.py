@@ -14,14 +14,12 @@ episode success against steps and against minutes, and a table of what each reac
 
 import argparse
 import glob
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from learning import scalars
+from learning import launch, scalars, smooth
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"--learning-rate": "2.5e-4", "--trials-per-minibatch": "12", "--gamma": "0.999", "--norm-adv": "minibatch"}
@@ -49,22 +47,11 @@ def main():
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags passed to every run")
     args = parser.parse_args()
     args.extra = [x for x in args.extra if x != "--"]
-    if not args.plot_only:
-        (ROOT / "runs").mkdir(exist_ok=True)
-        running, started = [], time.time()
-        for lever in args.levers:
-            while len(running) >= args.parallel:
-                running = [p for p in running if p.poll() is None]
-                time.sleep(5)
-            command = [sys.executable, str(ROOT / "grid_failmem.py"), *PROBE, "--seed", str(args.seed),
-                       "--exp-name", exp_name(lever), "--threads", "1", "--total-timesteps", str(args.total_timesteps),
-                       "--eval-every", "0", "--num-test-levels", "5", *args.extra, *flags(lever)]  # a lever's flags win
-            print(" ".join(command[2:]))
-            log = open(ROOT / "runs" / f"{exp_name(lever)}_{args.seed}.log", "w")
-            running.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-        for p in running:
-            p.wait()
-        print(f"all runs done in {(time.time() - started) / 60:.1f} min")
+    if not args.plot_only:  # a lever's flags come last, so they win over the extra ones
+        launch([([sys.executable, str(ROOT / "grid_failmem.py"), *PROBE, "--seed", str(args.seed), "--exp-name",
+                  exp_name(lever), "--threads", "1", "--total-timesteps", str(args.total_timesteps), "--eval-every", "0",
+                  "--num-test-levels", "5", *args.extra, *flags(lever)], f"{exp_name(lever)}_{args.seed}.log")
+                for lever in args.levers], args.parallel)
     plot(args)
 
 
@@ -92,11 +79,11 @@ def plot(args):
         if len(success) < 10:
             continue
         minutes = steps / sps / 60  # SPS is the run's average so far, so steps / SPS is its wall time
-        smooth = np.convolve(success, np.ones(10) / 10, mode="valid")
-        line, = axes[0].plot(steps[9:], smooth, label=lever)
-        axes[1].plot(minutes[9:], smooth, color=line.get_color(), label=lever)
-        axes[2].plot(steps[9:], np.convolve(episodes, np.ones(10) / 10, mode="valid"), color=line.get_color(), label=lever)
-        reached = np.flatnonzero(smooth >= 0.5)
+        smoothed = smooth(success)
+        line, = axes[0].plot(steps[9:], smoothed, label=lever)
+        axes[1].plot(minutes[9:], smoothed, color=line.get_color(), label=lever)
+        axes[2].plot(steps[9:], smooth(episodes), color=line.get_color(), label=lever)
+        reached = np.flatnonzero(smoothed >= 0.5)
         changes = " ".join(f"{key} {value}" for key, value in LEVERS[lever].items()) or "(none)"
         table.append(f"| {lever} | `{changes}` | {int(steps[-1]):,} | {minutes[-1]:.0f} | {sps[-1]:.0f} | "
                      f"{f'{int(steps[9 + reached[0]]):,}' if len(reached) else 'not reached'} | "

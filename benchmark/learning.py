@@ -61,26 +61,35 @@ def main():
         parser.error("--vary needs a flag and at least one value")
     jobs = [(curve, seed) for seed in args.seeds for curve in curves(args)]
     if not args.plot_only:
-        (ROOT / "runs").mkdir(exist_ok=True)
-        running, launched, started = [], [], time.time()
-        for (_, agent, flags, exp), seed in jobs:
-            while len(running) >= args.parallel:
-                running = [p for p in running if p.poll() is None]
-                time.sleep(5)
-            log = open(ROOT / "runs" / f"{args.env}_{exp}_{agent}_{seed}.log", "w")
-            command = ["nice", "-n", str(args.nice), sys.executable, str(ROOT / f"{args.env}_failmem.py"),
-                       "--agent", agent, "--seed", str(seed), "--exp-name", exp, "--threads", "1",
-                       "--total-timesteps", str(args.total_timesteps), *args.extra, *flags]
-            print(" ".join(command[4:]))
-            launched.append(subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-            running.append(launched[-1])
-        for p in running:
-            p.wait()
-        for p in launched:
-            if p.returncode:  # a run stopped from outside has no final evaluation: say so
-                print(f"{' '.join(p.args[4:9])} exited with {p.returncode}")
-        print(f"all runs done in {(time.time() - started) / 60:.1f} min")
+        launch([(["nice", "-n", str(args.nice), sys.executable, str(ROOT / f"{args.env}_failmem.py"),
+                  "--agent", agent, "--seed", str(seed), "--exp-name", exp, "--threads", "1",
+                  "--total-timesteps", str(args.total_timesteps), *args.extra, *flags],
+                 f"{args.env}_{exp}_{agent}_{seed}.log") for (_, agent, flags, exp), seed in jobs], args.parallel)
     plot(args)
+
+
+def launch(runs, parallel):
+    """Run (command, log name under runs/) pairs, `parallel` at once; wait for all, and name those that failed."""
+    (ROOT / "runs").mkdir(exist_ok=True)
+    running, launched, started = [], [], time.time()
+    for command, log_name in runs:
+        while len(running) >= parallel:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(5)
+        script = next(i for i, x in enumerate(command) if x.endswith(".py"))
+        print(" ".join(command[script:]))
+        log = open(ROOT / "runs" / log_name, "w")
+        launched.append((command[script:], subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+        running.append(launched[-1][1])
+    for shown, p in launched:
+        if p.wait():  # a run stopped from outside has no final evaluation: say so
+            print(f"{' '.join(shown)} exited with {p.returncode}")
+    print(f"all runs done in {(time.time() - started) / 60:.1f} min")
+
+
+def smooth(values, width=10):
+    """The mean of each `width` updates in a row (the curves' smoothing)."""
+    return np.convolve(values, np.ones(width) / width, mode="valid")
 
 
 def curves(args):
@@ -127,7 +136,7 @@ def plot(args):
                 continue
             steps, success = scalars(run, "charts/episode_success")
             if len(success) >= 10:
-                training.append((steps[9:], np.convolve(success, np.ones(10) / 10, mode="valid")))
+                training.append((steps[9:], smooth(success)))
             clipping.append(scalars(run, "losses/clipfrac"))
             if len(scalars(run, "eval/mean_success")[1]):
                 held_out.append(scalars(run, "eval/mean_success"))
