@@ -29,7 +29,9 @@ TITLES = {"grid": "Gridworld", "miniworld": "3D Miniworld", "reacher": "UR reach
 ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")  # as the scripts log them
 
 
-def scalars(run_dir, tag):
+def scalars(run_dir, tag, minutes=False):
+    """(steps, values) of one logged scalar; with `minutes`, (wall-clock minutes since the run
+    started, values) instead: run names end with their start time."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -37,6 +39,9 @@ def scalars(run_dir, tag):
     if tag not in accumulator.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
     events = accumulator.Scalars(tag)
+    if minutes:
+        started = int(str(run_dir).rsplit("__", 1)[1])
+        return np.array([(e.wall_time - started) / 60 for e in events]), np.array([e.value for e in events])
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
 
@@ -108,6 +113,21 @@ def latest_run(args, exp, agent, seed):
     return runs[-1] if runs else None
 
 
+def machine():
+    """The cores and CPU model the runs of a figure were made on (read when it is drawn)."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def on_common_minutes(curves, points=50):
+    """Curves (minutes, values) of the seeds of one agent, each measured at its own times ->
+    the same, interpolated onto one grid of minutes up to where the shortest seed ends."""
+    end = min(minutes[-1] for minutes, _ in curves)
+    grid = np.linspace(min(minutes[0] for minutes, _ in curves), end, points)
+    return [(grid, np.interp(grid, minutes, values)) for minutes, values in curves]
+
+
 def mean_and_spread(curves):
     """Curves (steps, values) of the seeds of one agent, cut to their common length -> steps,
     mean, min, max: the line and the shaded band of the figures."""
@@ -124,12 +144,12 @@ def plot(args):
 
     os.makedirs(args.out, exist_ok=True)
     name = f"{args.env}_{args.name or args.tag}"
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     episodes = " | ".join(f"ep {k}" for k in range(1, 6))
     table = [f"| curve | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
     summary = [f"| curve | seeds | {episodes} | mean |", "|" + "---|" * 8]
     for (label_, agent, _, exp), colour in zip(curves(args), plt.cm.tab10.colors):
-        training, held_out, finals, clipping = [], [], [], []
+        training, held_out, held_out_minutes, finals, clipping = [], [], [], [], []
         for seed in args.seeds:
             run = latest_run(args, exp, agent, seed)
             if run is None:
@@ -140,6 +160,7 @@ def plot(args):
             clipping.append(scalars(run, "losses/clipfrac"))
             if len(scalars(run, "eval/mean_success")[1]):
                 held_out.append(scalars(run, "eval/mean_success"))
+                held_out_minutes.append(scalars(run, "eval/mean_success", minutes=True))
             final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
             if all(len(values) for _, values in final):
                 per_episode = [values[-1] for _, values in final]
@@ -150,7 +171,10 @@ def plot(args):
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
         label = f"{label_} ({len(finals) or len(training)} seeds)"
-        for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o"), (axes[3], clipping, None)):
+        if len(held_out_minutes) > 1:
+            held_out_minutes = on_common_minutes(held_out_minutes)
+        for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o"), (axes[3], clipping, None),
+                                        (axes[4], held_out_minutes, None if len(held_out_minutes) > 1 else "o")):
             if seed_curves:  # the mean over seeds, the band from the lowest to the highest seed
                 steps, mean, low, high = mean_and_spread(seed_curves)
                 ax.plot(steps, mean, marker=marker, label=label, color=colour)
@@ -170,12 +194,13 @@ def plot(args):
     axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
     axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
     axes[3].set(title="PPO: fraction of clipped ratios per update", xlabel="env steps")
+    axes[4].set(title="held-out levels: mean success vs. wall clock", xlabel="minutes since the run started")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     for ax in (axes[0], axes[1], axes[3]):
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    fig.suptitle(f"{TITLES[args.env]}: lines are the mean over seeds, bands and bars the lowest to the highest seed")
+    fig.suptitle(f"{TITLES[args.env]} on {machine()}: lines are the mean over seeds, bands and bars the lowest to the highest seed")
     fig.tight_layout()
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
     plot_error_modes(args, plt, name)
@@ -185,7 +210,8 @@ def plot(args):
                + (f" --vary {' '.join(args.vary)}" if args.vary else "")
                + (f" --name {args.name} --plot-only" if args.name else "")
                + (" -- " + " ".join(args.extra) if args.extra else ""))
-    text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`.", "",
+    text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`",
+            f"on {machine()}, one torch thread per run, {args.parallel} runs at once.", "",
             "Last evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes; at the end of "
             "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
             *summary, "", "Each run; minutes: its wall time:", "",
