@@ -1,0 +1,39 @@
+"""The helpers benchmark/learning.py draws its figures with: averaging seeds measured at
+different steps and times must not shift or stretch any seed's curve."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
+from learning import mean_and_spread, on_common_minutes, smooth  # noqa: E402
+
+
+def test_mean_and_spread_cuts_seeds_to_the_shortest():
+    steps = np.arange(5) * 10
+    short, long = (steps[:3], np.array([0.0, 1.0, 2.0])), (steps, np.array([2.0, 3.0, 4.0, 5.0, 6.0]))
+    at, mean, low, high = mean_and_spread([short, long])
+    assert at.tolist() == [0, 10, 20]
+    assert mean.tolist() == [1.0, 2.0, 3.0]
+    assert low.tolist() == [0.0, 1.0, 2.0] and high.tolist() == [2.0, 3.0, 4.0]
+
+
+def test_on_common_minutes_interpolates_each_seed_onto_one_grid():
+    # two seeds of the same linear curve, evaluated at different wall-clock times
+    first = (np.array([1.0, 3.0, 5.0, 9.0]), np.array([0.1, 0.3, 0.5, 0.9]))
+    second = (np.array([2.0, 4.0, 7.0]), np.array([0.2, 0.4, 0.7]))
+    curves = on_common_minutes([first, second], points=11)
+    grid = curves[0][0]
+    assert grid[0] == 1.0 and grid[-1] == 7.0  # up to where the shortest seed ends
+    assert all(np.array_equal(minutes, grid) for minutes, _ in curves)
+    np.testing.assert_allclose(curves[0][1], grid / 10)
+    # before its first evaluation a seed holds its first value, it is not extrapolated
+    np.testing.assert_allclose(curves[1][1], np.maximum(grid, 2.0) / 10)
+
+
+def test_smooth_is_a_trailing_mean():
+    values = np.arange(12, dtype=float)
+    smoothed = smooth(values, width=10)
+    assert len(smoothed) == 3
+    np.testing.assert_allclose(smoothed, [4.5, 5.5, 6.5])
