@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = {"grid": "Gridworld", "miniworld": "3D Miniworld", "reacher": "UR reacher"}
+REACHED = 0.6  # the mean held-out success whose first step and minute the wall-clock table names (issue: speed)
 ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")  # as the scripts log them
 
 
@@ -148,6 +149,9 @@ def plot(args):
     episodes = " | ".join(f"ep {k}" for k in range(1, 6))
     table = [f"| curve | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
     summary = [f"| curve | seeds | {episodes} | mean |", "|" + "---|" * 8]
+    marks = (15, 30, 45, 60)
+    clock = [f"| curve | seeds | " + " | ".join(f"{m} min" for m in marks) + f" | first mean success >= {REACHED}: steps, minutes (per seed) |",
+             "|" + "---|" * (len(marks) + 3)]
     for (label_, agent, _, exp), colour in zip(curves(args), plt.cm.tab10.colors):
         training, held_out, held_out_minutes, finals, clipping = [], [], [], [], []
         for seed in args.seeds:
@@ -171,6 +175,8 @@ def plot(args):
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
         label = f"{label_} ({len(finals) or len(training)} seeds)"
+        if held_out_minutes:
+            clock.append(clock_row(label_, held_out, held_out_minutes, marks))
         if len(held_out_minutes) > 1:
             held_out_minutes = on_common_minutes(held_out_minutes)
         for ax, seed_curves, marker in ((axes[0], training, None), (axes[1], held_out, "o"), (axes[3], clipping, None),
@@ -214,10 +220,27 @@ def plot(args):
             f"on {machine()}, one torch thread per run, {args.parallel} runs at once.", "",
             "Last evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes; at the end of "
             "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
-            *summary, "", "Each run; minutes: its wall time:", "",
+            *summary, "", "Held-out mean success by wall-clock minutes (the periodic evaluations, interpolated between "
+            "them; mean over the seeds that ran that long), and when each seed first reached "
+            f"{REACHED}:", "", *clock, "", "Each run; minutes: its wall time:", "",
             *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
     (Path(args.out) / f"{name}.md").write_text("\n".join(text))
     print("\n".join(text))
+
+
+def clock_row(label, by_steps, by_minutes, marks):
+    """A line of the wall-clock table: mean success at each mark, and each seed's first step and
+    minute at REACHED or better."""
+    at_marks = []
+    for mark in marks:
+        values = [np.interp(mark, minutes, values) for minutes, values in by_minutes if minutes[-1] >= mark]
+        at_marks.append(f"{np.mean(values):.3f}" if values else "-")
+    firsts = []
+    for (steps, values), (minutes, _) in zip(by_steps, by_minutes):
+        reached = np.flatnonzero(values >= REACHED)
+        firsts.append(f"{int(steps[reached[0]]):,}, {minutes[reached[0]]:.0f}" if len(reached)
+                      else f"not by {int(steps[-1]):,}, {minutes[-1]:.0f}")
+    return f"| {label} | {len(by_minutes)} | " + " | ".join(at_marks) + " | " + "; ".join(firsts) + " |"
 
 
 def plot_error_modes(args, plt, name):
