@@ -84,12 +84,20 @@ class DenseTCBlock(nn.Module):
             h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=1)
         return h.transpose(1, 2)
 
+    def init_cache(self, batch_size, max_len, device=None):
+        """Each layer's inputs at the last max-dilation + 1 positions, a ring buffer: no layer
+        looks further back, so a 400-step test trial needs no more memory than an 80-step one."""
+        length = min(max_len, self.dilations[-1] + 1)
+        return [torch.zeros(batch_size, length, c.in_channels, device=device) for c in self.convs]
+
     def step(self, x_t, history, t):
-        """Output at position t; `history[k]` is layer k's input buffer (B, max_len, C_k)."""
+        """Output at position t; `history[k]` is layer k's input ring buffer (B, S, C_k), S > the
+        largest dilation or S > t."""
         h = x_t
         for k, (conv, d) in enumerate(zip(self.convs, self.dilations)):
-            history[k][:, t] = h
-            past = history[k][:, t - d] if t >= d else torch.zeros_like(h)
+            size = history[k].shape[1]
+            history[k][:, t % size] = h
+            past = history[k][:, (t - d) % size] if t >= d else torch.zeros_like(h)
             out = F.linear(past, conv.weight[:, :, 0], conv.bias) + F.linear(h, conv.weight[:, :, 1])
             f, g = out.chunk(2, dim=-1)
             h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=-1)
@@ -152,13 +160,10 @@ class SNAIL(nn.Module):
         return F.relu(self.out(self.attn2(self.tc2(self.attn1(self.tc1(x))))))
 
     def init_cache(self, batch_size, max_len, device=None):
-        def buffers(block):
-            return [torch.zeros(batch_size, max_len, c.in_channels, device=device) for c in block.convs]
-
         return {
-            "tc1": buffers(self.tc1),
+            "tc1": self.tc1.init_cache(batch_size, max_len, device),
             "attn1": self.attn1.init_cache(batch_size, max_len, device),
-            "tc2": buffers(self.tc2),
+            "tc2": self.tc2.init_cache(batch_size, max_len, device),
             "attn2": self.attn2.init_cache(batch_size, max_len, device),
         }
 

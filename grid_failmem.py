@@ -148,7 +148,7 @@ class Args:
     eval_episodes: int = 5
     """episodes per held-out level"""
     eval_envs: int = 250
-    """held-out levels run side by side in an evaluation"""
+    """held-out levels run side by side in an evaluation (RAM: 3.6 GB peak at 250, 1.4 GB at 100)"""
 
     # filled in at run time
     batch_size: int = 0

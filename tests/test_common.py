@@ -255,6 +255,18 @@ def test_snail_step_matches_forward(T):
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
+def test_snail_cache_of_a_long_trial_is_bounded_by_the_largest_dilation():
+    """RAM: the conv buffers of a 400-step test trial are as long as an 80-step one's (the largest
+    dilation + 1); only the attention keys and values grow with the trial."""
+    snail = small_snail()
+    short, long = snail.init_cache(3, SEQ_LEN), snail.init_cache(3, 400)
+    for block in ("tc1", "tc2"):
+        longest = getattr(snail, block).dilations[-1] + 1
+        assert [b.shape for b in long[block]] == [b.shape for b in short[block]]
+        assert all(b.shape[1] == min(SEQ_LEN, longest) for b in long[block])
+    assert long["attn1"][0].shape[1] == 400
+
+
 def test_block_steps_match_forward():
     T = 50
     x = torch.randn(2, T, IN_DIM)
