@@ -2,7 +2,7 @@
 
     python benchmark/grid_levers.py                       # the navigation probe below, 300k steps each
     python benchmark/grid_levers.py --levers paper lr1e-3+mb4 --total-timesteps 100000
-    python benchmark/grid_levers.py --blocks 3 --threshold 0.25 --levers defaults lr1e-3+mb4+gamma0.99 --total-timesteps 3500000
+    python benchmark/grid_levers.py --blocks 3 --threshold 0.25 --levers defaults lr1e-3+mb4+gamma0.99 --total-timesteps 1500000
 
 The probe: one block, which is always the goal, on the paper's 16 x 16 grid, and the memoryless
 agent (ppo-finetune's training): "can PPO learn to walk to what it sees" is the first thing the
@@ -56,8 +56,9 @@ def main():
     args.extra = [x for x in args.extra if x != "--"]
     if not args.plot_only:  # a lever's flags come last, so they win over the extra ones
         launch([([sys.executable, str(ROOT / "grid_failmem.py"), *PROBE, "--num-blocks", str(args.blocks),
-                  "--seed", str(args.seed), "--exp-name", exp_name(lever, args.blocks), "--threads", "1", "--total-timesteps", str(args.total_timesteps), "--eval-every", "0",
-                  "--num-test-levels", "5", *args.extra, *flags(lever)], f"{exp_name(lever, args.blocks)}_{args.seed}.log")
+                  "--seed", str(args.seed), "--exp-name", exp_name(lever, args.blocks), "--threads", "1",
+                  "--total-timesteps", str(args.total_timesteps), "--eval-every", "0", "--num-test-levels", "5",
+                  *args.extra, *flags(lever)], f"{exp_name(lever, args.blocks)}_{args.seed}.log")
                 for lever in args.levers], args.parallel)
     plot(args)
 

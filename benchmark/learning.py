@@ -30,6 +30,11 @@ REACHED = 0.6  # the mean held-out success whose first step and minute the wall-
 ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")  # as the scripts log them
 
 
+def run_start(run_dir):
+    """The run's start, in seconds since the epoch: run names end with it."""
+    return int(str(run_dir).rsplit("__", 1)[1])
+
+
 def scalars(run_dir, tag, minutes=False):
     """(steps, values) of one logged scalar; with `minutes`, (wall-clock minutes since the run
     started, values) instead: run names end with their start time."""
@@ -41,8 +46,7 @@ def scalars(run_dir, tag, minutes=False):
         return np.zeros(0), np.zeros(0)
     events = accumulator.Scalars(tag)
     if minutes:
-        started = int(str(run_dir).rsplit("__", 1)[1])
-        return np.array([(e.wall_time - started) / 60 for e in events]), np.array([e.value for e in events])
+        return np.array([(e.wall_time - run_start(run_dir)) / 60 for e in events]), np.array([e.value for e in events])
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
 
@@ -170,8 +174,7 @@ def plot(args):
                 per_episode = [values[-1] for _, values in final]
                 finals.append(per_episode)
                 ret = scalars(run, "eval/mean_return")[1][-1]
-                started = int(run.rsplit("__", 1)[1])  # run_name ends with its start time
-                wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - started) / 60
+                wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - run_start(run)) / 60
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
         label = f"{label_} ({len(finals) or len(training)} seeds)"
