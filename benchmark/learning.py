@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timing import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = {"grid": "Gridworld", "miniworld": "3D Miniworld", "reacher": "UR reacher"}
 REACHED = 0.6  # the mean held-out success whose first step and minute the wall-clock table names (issue: speed)
@@ -120,9 +122,7 @@ def latest_run(args, exp, agent, seed):
 
 def machine():
     """The cores and CPU model the runs of a figure were made on (read when it is drawn)."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    return f"{os.cpu_count()} cores, {model}"
+    return f"{os.cpu_count()} cores, {cpu_name()}"
 
 
 def on_common_minutes(curves, points=50):
