@@ -1040,6 +1040,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/trial_return", trial_return, global_step)
         writer.add_scalar("charts/episode_success", train_success, global_step)
         writer.add_scalar("charts/episodes_per_trial", episodes_done / args.num_envs, global_step)
+        # the other two endings: a wrong object (reward -1) or the step limit
+        writer.add_scalar("charts/episode_wrong_touch", (rewards_buf < 0).sum().item() / max(episodes_done, 1), global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -1053,7 +1055,11 @@ if __name__ == "__main__":
             writer.add_scalar(f"memory/{name}_trajectories", bank.num_trajectories, global_step)
             writer.add_scalar(f"memory/{name}_mb", bank.nbytes / 2**20, global_step)
             writer.add_scalar(f"memory/{name}_evicted_levels", bank.evicted_levels, global_step)
-            writer.add_scalar(f"memory/{name}_filled_slots_per_trial", trial_bank[3].any(-1).sum(1).float().mean(), global_step)
+            filled = trial_bank[3].any(-1)  # (envs, slots)
+            writer.add_scalar(f"memory/{name}_filled_slots_per_trial", filled.sum(1).float().mean(), global_step)
+            if filled.any():  # what the reader saw: stored episodes that ended on a wrong object, not the step limit
+                touched = (trial_bank[2] < 0).any(-1)
+                writer.add_scalar(f"memory/{name}_wrong_touch_share", touched[filled].float().mean(), global_step)
         print(
             f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} | "
             f"trial return {trial_return:.2f} | episode success {train_success:.3f} | "

@@ -231,6 +231,11 @@ def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
         assert bank_sizes[-1] > 0  # failed episodes of earlier trials reached the bank
         assert max(abs(kl) for kl in scalars(run_dir, "losses/approx_kl")) < 1e-5  # rollout == update, bank included
         assert len(scalars(run_dir, "eval/success_ep1")) == 3  # updates 2, 4 and 6
+        # every ended episode is a success, a wrong ball or a timeout; the reader saw the bank's endings
+        endings = zip(scalars(run_dir, "charts/episode_success"), scalars(run_dir, "charts/episode_wrong_touch"))
+        assert all(0 <= success + wrong <= 1 + 1e-6 for success, wrong in endings)
+        touch_share = scalars(run_dir, "memory/bank_wrong_touch_share")
+        assert touch_share and all(0 <= share <= 1 for share in touch_share)
         assert list((tmp_path / "videos").glob("reacher__test__*/step*.gif"))
     else:
         assert "logging offline" in out.stdout and list((tmp_path / "wandb").glob("offline-run-*"))
