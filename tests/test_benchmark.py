@@ -37,3 +37,19 @@ def test_smooth_is_a_trailing_mean():
     smoothed = smooth(values, width=10)
     assert len(smoothed) == 3
     np.testing.assert_allclose(smoothed, [4.5, 5.5, 6.5])
+
+
+def test_collapse_step_is_where_the_smoothed_success_stays_low():
+    from reacher_collapse import COLLAPSED, collapse_step
+
+    steps = np.arange(1, 41) * 1280
+    learning = np.full(40, 0.3)
+    assert collapse_step(steps, learning) is None  # ends above: not collapsed
+    fell = np.concatenate([np.full(20, 0.3), np.zeros(20)])
+    # the 10-update mean first drops below COLLAPSED once the window holds no 0.3: update 30
+    assert collapse_step(steps, fell) == steps[29]
+    assert collapse_step(steps, np.zeros(40)) == steps[9]  # low from its first smoothed value on
+    blip = fell.copy()
+    blip[25] = 10 * COLLAPSED  # one good update late on: the collapse is dated from the window past it
+    assert collapse_step(steps, blip) == steps[35]
+    assert collapse_step(steps[:5], np.zeros(5)) is None  # too short to smooth
