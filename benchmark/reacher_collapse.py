@@ -68,8 +68,9 @@ def main():
               ("charts/episodes_per_trial", "episodes per 80-step trial (1: every one timed out)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2))
     table = ["| agent | --norm-adv | seed | steps run | training success, last 20 updates | collapsed at step "
-             "| entropy at the end | clip fraction, last 20 updates | held-out mean success, last evaluation (no ball touched) |",
-             "|" + "---|" * 9]
+             "| entropy at the end | clip fraction, last 20 updates | clip fraction on updates whose rollout touched no ball (how many) "
+             "| held-out mean success, last evaluation (no ball touched) |",
+             "|" + "---|" * 10]
     for exp, agent, seed, norm in RUNS:
         found = sorted(glob.glob(str(ROOT / "runs" / f"reacher__{exp}__{agent}__{seed}__*")))
         if not found:
@@ -88,12 +89,15 @@ def main():
         collapsed = collapse_step(steps, success)
         entropy = scalars(run, "losses/entropy")[1]
         clipfrac = scalars(run, "losses/clipfrac")[1]
+        # a rollout with no success and a zero return touched no ball: every reward in it was 0
+        untouched = (success == 0) & (scalars(run, "charts/trial_return")[1] == 0)
+        blind = f"{clipfrac[untouched].mean():.3f} ({untouched.sum()})" if untouched.any() else "- (0)"
         held_out = scalars(run, "eval/mean_success")
         no_hit = scalars(run, "eval/no_hit")[1]
         last_eval = (f"{held_out[1][-1]:.3f} at {int(held_out[0][-1]):,} ({no_hit[-1]:.2f})" if len(held_out[1])
                      else "not evaluated")
         table.append(f"| {agent} | {norm} | {seed} | {int(steps[-1]):,} | {success[-20:].mean():.3f} | "
-                     f"{f'{collapsed:,}' if collapsed else 'no'} | {entropy[-1]:.2f} | {clipfrac[-20:].mean():.3f} | {last_eval} |")
+                     f"{f'{collapsed:,}' if collapsed else 'no'} | {entropy[-1]:.2f} | {clipfrac[-20:].mean():.3f} | {blind} | {last_eval} |")
     for ax in axes:
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
