@@ -8,7 +8,7 @@ The runs are the reacher's 320,000-step comparisons, `benchmark/learning.py --en
 memory snail --seeds 1 --total-timesteps 320000 --tag T -- --obs-size 32 --num-envs 16 --num-workers 0
 --num-train-levels 200 --num-test-levels 200 --eval-every 25 --eval-levels 32 --learning-rate 5e-4
 --trials-per-minibatch 4 --gamma 0.99 [--norm-adv N]` with (T, N) = (hour, minibatch), (hour-nb, batch),
-(hour-off, off), and the seed-2 runs of RUNS: `python reacher_failmem.py --agent memory --seed 2 --threads 1
+(hour-off, off), and the seed-2 runs of RUNS: `python reacher_failmem.py --agent A --seed 2 --threads 1
 --exp-name E --total-timesteps 320000` with the same flags, `--eval-every 0` and `--norm-adv N` (so the
 learning-rate schedule is the same). Some were stopped early to free the 2 cores; the table says where
 each ended. Writes docs/reacher_collapse.{png,md}.
@@ -33,9 +33,11 @@ RUNS = [
     ("hour-nb", "memory", 1, "batch"),
     ("collapse_nb_seed2", "memory", 2, "batch"),
     ("hour-nb", "snail", 1, "batch"),
+    ("collapse_batch_seed2", "snail", 2, "batch"),
     ("hour-off", "memory", 1, "off"),
     ("collapse_off_seed2", "memory", 2, "off"),
     ("hour-off", "snail", 1, "off"),
+    ("collapse_off_seed2", "snail", 2, "off"),
 ]
 STYLES = {"minibatch": "tab:red", "batch": "tab:blue", "off": "tab:green"}
 # a run has collapsed from the update after which its smoothed training success stays below this: half
