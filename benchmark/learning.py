@@ -15,6 +15,7 @@ then reads their TensorBoard logs and writes into docs/ (a curve per agent or va
 """
 
 import argparse
+import functools
 import glob
 import os
 import subprocess
@@ -37,13 +38,20 @@ def run_start(run_dir):
     return int(str(run_dir).rsplit("__", 1)[1])
 
 
+@functools.lru_cache(maxsize=None)
+def event_log(run_dir):
+    """A finished run's TensorBoard log, read once however many of its scalars are drawn."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
 def scalars(run_dir, tag, minutes=False):
     """(steps, values) of one logged scalar; with `minutes`, (wall-clock minutes since the run
     started, values) instead: run names end with their start time."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    accumulator = event_log(str(run_dir))
     if tag not in accumulator.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
     events = accumulator.Scalars(tag)
@@ -227,8 +235,15 @@ def plot(args):
             "them; mean over the seeds that ran that long), and when each seed first reached "
             f"{REACHED}:", "", *clock, "", "Each run; minutes: its wall time:", "",
             *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
-    (Path(args.out) / f"{name}.md").write_text("\n".join(text))
+    write_doc(Path(args.out) / f"{name}.md", "\n".join(text))
     print("\n".join(text))
+
+
+def write_doc(path, text):
+    """Write a generated doc, keeping the hand-written section an earlier version of it ended with."""
+    marker = "## Reading (written by hand)"
+    earlier = path.read_text() if path.exists() else ""
+    path.write_text(text + (earlier[earlier.index(marker):] if marker in earlier else ""))
 
 
 def clock_row(label, by_steps, by_minutes, marks):

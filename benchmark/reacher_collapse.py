@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import scalars, smooth  # noqa: E402
+from learning import scalars, smooth, write_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # (exp-name, agent, seed, --norm-adv): the advantage normalisation is what the runs vary
@@ -117,7 +117,7 @@ def main():
             "last evaluation (periodic ones cover 32 held-out levels, the final one 200); in brackets the share of",
             f"levels where no ball was touched. A run has collapsed from the step after which its 10-update mean",
             f"training success stays below {COLLAPSED}, half the ~0.06 of the untrained policies.", "", *table, "", "![collapse](reacher_collapse.png)", ""]
-    (Path(args.out) / "reacher_collapse.md").write_text("\n".join(text))
+    write_doc(Path(args.out) / "reacher_collapse.md", "\n".join(text))
     print("\n".join(text))
 
 

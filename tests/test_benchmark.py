@@ -53,3 +53,14 @@ def test_collapse_step_is_where_the_smoothed_success_stays_low():
     blip[25] = 10 * COLLAPSED  # one good update late on: the collapse is dated from the window past it
     assert collapse_step(steps, blip) == steps[35]
     assert collapse_step(steps[:5], np.zeros(5)) is None  # too short to smooth
+
+
+def test_write_doc_keeps_the_hand_written_reading(tmp_path):
+    from learning import write_doc
+
+    doc = tmp_path / "env_tag.md"
+    write_doc(doc, "# table v1\n")
+    assert doc.read_text() == "# table v1\n"
+    doc.write_text(doc.read_text() + "## Reading (written by hand)\n\n- what the runs show\n")
+    write_doc(doc, "# table v2\n")  # a redraw replaces the table and keeps the reading
+    assert doc.read_text() == "# table v2\n## Reading (written by hand)\n\n- what the runs show\n"
