@@ -37,18 +37,19 @@ class ResidualBlock(nn.Module):
 
 
 class ImpalaCNN(nn.Module):
-    """IMPALA CNN (Appendix A): per stage conv3x3, maxpool 3 stride 2, two residual blocks;
-    then flatten, FC `out_dim`, ReLU. Takes uint8 frames (..., H, W, 3), scales them to [0, 1]."""
+    """IMPALA CNN (Appendix A): per stage conv3x3, maxpool 3 stride 2, `blocks` residual blocks
+    (IMPALA: 2); then flatten, FC `out_dim`, ReLU. Takes uint8 frames (..., H, W, 3), scales
+    them to [0, 1]. Smaller `channels` and `blocks` give the same shape of encoder for less."""
 
-    def __init__(self, obs_size=64, in_channels=3, channels=(16, 32, 32), out_dim=256):
+    def __init__(self, obs_size=64, in_channels=3, channels=(16, 32, 32), out_dim=256, blocks=2):
         super().__init__()
         stages, size = [], obs_size
         for out_channels in channels:
             stages += [
                 nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-                ResidualBlock(out_channels),
-                ResidualBlock(out_channels),
+                # without residual blocks a ReLU keeps the stages from composing into one linear map
+                *((ResidualBlock(out_channels) for _ in range(blocks)) if blocks else [nn.ReLU()]),
             ]
             in_channels, size = out_channels, (size + 1) // 2
         self.stages = nn.Sequential(*stages)
@@ -144,35 +145,45 @@ class CausalAttentionBlock(nn.Module):
 
 
 class SNAIL(nn.Module):
-    """SNAIL over the current trial (Sec. 2.3): TC, attention, TC, attention, then a linear
-    layer to `out_dim`. `forward` takes a whole sequence; `step` one position, given the cache
-    from `init_cache`, and returns what `forward` would at that position."""
+    """SNAIL over the current trial (Sec. 2.3): `blocks` pairs of (TC, attention) (SNAIL's RL
+    agents: 2), then a linear layer to `out_dim`. `forward` takes a whole sequence; `step` one
+    position, given the cache from `init_cache`, and returns what `forward` would there."""
 
-    def __init__(self, in_dim, out_dim, seq_len=80, filters=32, key_size=32, value_size=32):
+    def __init__(self, in_dim, out_dim, seq_len=80, filters=32, key_size=32, value_size=32, blocks=2):
         super().__init__()
-        self.tc1 = DenseTCBlock(in_dim, seq_len, filters)
-        self.attn1 = CausalAttentionBlock(self.tc1.out_dim, key_size, value_size)
-        self.tc2 = DenseTCBlock(self.attn1.out_dim, seq_len, filters)
-        self.attn2 = CausalAttentionBlock(self.tc2.out_dim, key_size, value_size)
-        self.out = layer_init(nn.Linear(self.attn2.out_dim, out_dim))
+        self.layers = nn.ModuleList()
+        for _ in range(blocks):
+            self.layers.append(DenseTCBlock(in_dim, seq_len, filters))
+            self.layers.append(CausalAttentionBlock(self.layers[-1].out_dim, key_size, value_size))
+            in_dim = self.layers[-1].out_dim
+        self.out = layer_init(nn.Linear(in_dim, out_dim))
 
     def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
-        return F.relu(self.out(self.attn2(self.tc2(self.attn1(self.tc1(x))))))
+        for layer in self.layers:
+            x = layer(x)
+        return F.relu(self.out(x))
 
     def init_cache(self, batch_size, max_len, device=None):
-        return {
-            "tc1": self.tc1.init_cache(batch_size, max_len, device),
-            "attn1": self.attn1.init_cache(batch_size, max_len, device),
-            "tc2": self.tc2.init_cache(batch_size, max_len, device),
-            "attn2": self.attn2.init_cache(batch_size, max_len, device),
-        }
+        """Each layer's buffers, and where each row's sequence began (`restart` moves it)."""
+        layers = [layer.init_cache(batch_size, max_len, device) for layer in self.layers]
+        return dict(layers=layers, start=torch.zeros(batch_size, dtype=torch.long, device=device), restarted=False)
 
     def step(self, x_t, cache, t):  # (B, in_dim) -> (B, out_dim), position t of the sequence
-        h = self.tc1.step(x_t, cache["tc1"], t)
-        h = self.attn1.step(h, cache["attn1"], t)
-        h = self.tc2.step(h, cache["tc2"], t)
-        h = self.attn2.step(h, cache["attn2"], t)
-        return F.relu(self.out(h))
+        # rows restarted at position s see positions s..t only, as a sequence of their own would
+        allowed = torch.arange(t + 1, device=x_t.device) >= cache["start"][:, None] if cache["restarted"] else None
+        for layer, history in zip(self.layers, cache["layers"]):
+            x_t = layer.step(x_t, history, t, allowed) if isinstance(layer, CausalAttentionBlock) else layer.step(x_t, history, t)
+        return F.relu(self.out(x_t))
+
+    def restart(self, cache, rows, t):
+        """Rows `rows` begin a new sequence at position t: their TC buffers are zeroed (what a
+        sequence's first steps look back at) and their attention sees positions >= t only."""
+        for layer, history in zip(self.layers, cache["layers"]):
+            if isinstance(layer, DenseTCBlock):
+                for buffer in history:
+                    buffer[rows] = 0.0
+        cache["start"][rows] = t
+        cache["restarted"] = True
 
 
 class TrajectoryEmbedding(nn.Module):

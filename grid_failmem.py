@@ -102,6 +102,16 @@ class Args:
     bank of successes and failures), ppo-finetune / ppo-finetune-attn (memoryless, fine-tuned at test)"""
     embed_dim: int = 64
     """E: embedding size"""
+    cnn_channels: tuple[int, ...] = (16, 32, 32)
+    """channels of the IMPALA CNN's stages, each halving the picture (paper: 16 32 32)"""
+    cnn_blocks: int = 0
+    """residual blocks per CNN stage (paper, IMPALA: 2; 0 costs a third as much, README)"""
+    cnn_out: int = 256
+    """the CNN's output features (paper, IMPALA: 256)"""
+    snail_blocks: int = 1
+    """(TC, attention) pairs in SNAIL (SNAIL's RL agents: 2)"""
+    snail_filters: int = 16
+    """filters per TC layer, and the attention's key and value size, in SNAIL"""
     num_heads: int = 4
     """attention heads of the Transformer and the memory read"""
     time_aware_value: bool = False
@@ -125,6 +135,10 @@ class Args:
     """discount factor (paper: 0.999; 0.99 learns to reach blocks sooner, docs/grid_levers.md)"""
     gae_lambda: float = 0.95
     """lambda of generalised advantage estimation"""
+    episodic_gae: bool = False
+    """if toggled, returns and advantages stop at each episode's end, not only at the trial's end"""
+    reward_scale: float = 1.0
+    """the critic learns returns of the rewards times this (the logged returns stay unscaled)"""
     norm_adv: str = "minibatch"
     """advantage normalisation: minibatch (CleanRL's), batch (once over the whole rollout), or off"""
     clip_coef: float = 0.2
@@ -147,6 +161,9 @@ class Args:
     """held-out levels in the periodic evaluations (paper's Fig. 3c/d: 200)"""
     eval_episodes: int = 5
     """episodes per held-out level"""
+    test_history: str = "episode"
+    """what the memory agents' SNAIL sees at test: episode (the current episode; earlier failures
+    reach it through the bank only, Sec. 3.1.2) or trial (all 5 episodes, as SNAIL's baseline does)"""
     eval_envs: int = 250
     """held-out levels run side by side in an evaluation (RAM: 3.6 GB peak at 250, 1.4 GB at 100)"""
 
@@ -197,6 +214,13 @@ def check_args(args):
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
+        (args.reward_scale <= 0, f"--reward-scale must be positive, got {args.reward_scale}"),
+        (not args.cnn_channels or min(args.cnn_channels) < 1,
+         f"--cnn-channels must be one or more positive numbers, got {' '.join(map(str, args.cnn_channels))}"),
+        (args.cnn_blocks < 0, f"--cnn-blocks must be 0 or positive, got {args.cnn_blocks}"),
+        (args.cnn_out < 1, f"--cnn-out must be positive, got {args.cnn_out}"),
+        (args.snail_blocks < 1, f"--snail-blocks must be positive, got {args.snail_blocks}"),
+        (args.snail_filters < 1, f"--snail-filters must be positive, got {args.snail_filters}"),
         (
             args.norm_adv not in ("minibatch", "batch", "off"),
             f"--norm-adv must be minibatch, batch or off, got {args.norm_adv!r}",
@@ -205,6 +229,10 @@ def check_args(args):
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
         (args.eval_envs < 1, f"--eval-envs must be positive, got {args.eval_envs}"),
+        (
+            args.test_history not in ("episode", "trial"),
+            f"--test-history must be episode or trial, got {args.test_history!r}",
+        ),
         (args.threads < 0, f"--threads must be 0 or positive, got {args.threads}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
         (
@@ -505,21 +533,22 @@ class Agent(nn.Module):
         self.prefix_len = args.mem_size * args.mem_len if args.agent == "snail-cat" else 0
         self.memoryless = args.agent in ("ppo-finetune", "ppo-finetune-attn")
         embed_dim = args.embed_dim
-        self.cnn = ImpalaCNN(args.obs_size, out_dim=256)
+        self.cnn = ImpalaCNN(args.obs_size, channels=args.cnn_channels, out_dim=args.cnn_out, blocks=args.cnn_blocks)
         # v'_o = MLP(CNN(o_t)): the query of the memory read and the observation input of SNAIL
-        self.obs_embed = nn.Sequential(layer_init(nn.Linear(256, embed_dim)), nn.ReLU())
+        self.obs_embed = nn.Sequential(layer_init(nn.Linear(args.cnn_out, embed_dim)), nn.ReLU())
         # SNAIL's input per step: v'_o, previous action, previous reward, episode-start flag
         # (snail-cat: and a flag for the bank's steps)
         trial_in = embed_dim + num_actions + 2 + (1 if self.prefix_len else 0)
         if not self.memoryless:
-            self.snail = SNAIL(trial_in, embed_dim, seq_len=args.trial_len + self.prefix_len)
+            size = args.snail_filters
+            self.snail = SNAIL(trial_in, embed_dim, args.trial_len + self.prefix_len, size, size, size, args.snail_blocks)
         if args.agent == "ppo-finetune-attn":
             self.episode_attention = CausalAttentionBlock(embed_dim, 32, 32)
             self.episode_out = nn.Sequential(layer_init(nn.Linear(self.episode_attention.out_dim, embed_dim)), nn.ReLU())
         self.trial_mlp = nn.Sequential(layer_init(nn.Linear(embed_dim, embed_dim)), nn.ReLU())
         # per bank: Phi(o, a, r) of a stored step, the trajectory embedding (Sec. 2.1), the read (Sec. 2.2)
         self.step_embed = nn.ModuleList(
-            nn.Sequential(layer_init(nn.Linear(256 + num_actions + 1, embed_dim)), nn.ReLU(),
+            nn.Sequential(layer_init(nn.Linear(args.cnn_out + num_actions + 1, embed_dim)), nn.ReLU(),
                           layer_init(nn.Linear(embed_dim, embed_dim)))
             for _ in range(self.num_readers)
         )
@@ -639,15 +668,17 @@ class Agent(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # PPO (Appendix A) over whole sequences: the training trials, and at test ppo-finetune's episodes
 # ---------------------------------------------------------------------------------------------
-def compute_gae(rewards, values, gamma, gae_lambda):
-    """Advantages and returns of (B, T) sequences whose last step ends them."""
+def compute_gae(rewards, values, gamma, gae_lambda, ends=None):
+    """Advantages and returns of (B, T) sequences whose last step ends them; `ends` (B, T) bool
+    marks more steps after which the return stops (episode ends, with --episodic-gae)."""
     with torch.no_grad():
         advantages = torch.zeros_like(rewards)
-        last_gae = torch.zeros(rewards.shape[0])
+        last_gae = torch.zeros_like(rewards[:, 0])
+        go_on = torch.ones_like(rewards) if ends is None else 1.0 - ends.to(rewards.dtype)
         for t in reversed(range(rewards.shape[1])):
-            next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros(rewards.shape[0])
+            next_value = values[:, t + 1] * go_on[:, t] if t + 1 < rewards.shape[1] else torch.zeros_like(last_gae)
             delta = rewards[:, t] + gamma * next_value - values[:, t]
-            last_gae = delta + gamma * gae_lambda * last_gae
+            last_gae = delta + gamma * gae_lambda * go_on[:, t] * last_gae
             advantages[:, t] = last_gae
     return advantages, advantages + values
 
@@ -767,8 +798,13 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
                     store_episode(banks, args.agent, chunk[i], info["success"][i], ep_frames[i, :n],
                                   ep_actions[i, :n], ep_rewards[i, :n])
                 episode[i] += 1
-            if agent.use_memory and len(ended):
-                memories = agent.read_banks(bank_tensors(banks, chunk, device))
+            if agent.use_memory and len(ended):  # only the levels whose episode ended are read anew
+                rows_ended = torch.as_tensor(ended, device=device)
+                for (memory, filled), (fresh, fresh_filled) in zip(memories, agent.read_banks(
+                        bank_tensors(banks, chunk[ended], device))):
+                    memory[rows_ended], filled[rows_ended] = fresh, fresh_filled
+                if args.test_history == "episode":  # earlier episodes reach the policy through the bank only
+                    agent.snail.restart(cache, rows_ended, t + 1)
             ep_len[terminated | truncated] = 0
             if (episode >= episodes).all():
                 break
@@ -815,7 +851,8 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
             success[n, k], hits[n, k] = info["success"], info["hit"]
             returns[n] += sum(steps["rewards"]).item()
             episode = {key: torch.stack(x)[None] for key, x in steps.items()}
-            advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma, args.gae_lambda)
+            advantages, episode_returns = compute_gae(episode["rewards"] * args.reward_scale, episode["values"], args.gamma,
+                                                      args.gae_lambda)
             num_steps = episode["actions"].shape[1]
             batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
                          prev_rewards=torch.zeros(1, num_steps), starts=F.pad(torch.ones(1, 1), (0, num_steps - 1)),
@@ -904,7 +941,8 @@ def wandb_mode():
 def load_checkpoint(path, args, num_actions, device):
     """Rebuild the agent the checkpoint was trained as; its architecture flags win."""
     checkpoint = torch.load(path, map_location=device, weights_only=False)
-    for key in ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads"):
+    for key in ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads",
+                "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value"):
         setattr(args, key, checkpoint["args"][key])
     agent = Agent(args, num_actions).to(device)
     agent.load_state_dict(checkpoint["model"])
@@ -1043,7 +1081,8 @@ if __name__ == "__main__":
         ]
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
-        advantages, returns = compute_gae(rewards_buf, values_buf, args.gamma, args.gae_lambda)
+        ends = torch.from_numpy(terminated_buf | truncated_buf) if args.episodic_gae else None
+        advantages, returns = compute_gae(rewards_buf * args.reward_scale, values_buf, args.gamma, args.gae_lambda, ends)
         trials = dict(frames=frames_buf, prev_actions=prev_actions_buf, prev_rewards=prev_rewards_buf, starts=starts_buf,
                       banks=trial_banks, actions=actions_buf, logprobs=logprobs_buf, advantages=advantages,
                       returns=returns, values=values_buf)

@@ -6,8 +6,11 @@
   (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it,
       and how its time splits between the rollout and the PPO update
   (e) where an update's time goes: forward + backward of one minibatch through each part
+(c)-(e) for two networks side by side, so their ratio shares the machine's state: the paper's
+sizes (IMPALA CNN with 2 residual blocks a stage, SNAIL of two TC + attention pairs of 32) and
+grid_failmem.py's defaults (the lean network: no residual blocks, one pair of 16).
 
-    python benchmark/grid_throughput.py [--obs-size 16] [--threads 2]
+    python benchmark/grid_throughput.py [--obs-size 16] [--threads 1]
 
 Writes docs/grid_throughput_obs{N}_threads{K}.md.
 """
@@ -27,12 +30,18 @@ sys.path.insert(0, str(ROOT))
 import grid_failmem as gf  # noqa: E402
 from timing import cpu_name, rate  # noqa: E402
 
+NETWORKS = {  # name -> flags on grid_failmem.py's defaults
+    "paper": ["--cnn-channels", "16", "32", "32", "--cnn-blocks", "2", "--cnn-out", "256", "--snail-blocks", "2",
+              "--snail-filters", "32"],
+    "lean": [],
+}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--obs-size", type=int, default=16)
     parser.add_argument("--num-envs", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3, help="training updates timed in (d)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,13 +64,45 @@ def main():
 
     per_env = rate(loop, args.num_envs)
 
-    agent_args = gf.Args(obs_size=args.obs_size)
-    agent = gf.Agent(agent_args, 4)
     bank = gf.MemoryBank(8, 6, (args.obs_size, args.obs_size, 3), float("inf"))
     for level in range(args.num_envs):  # every env's bank full: the costliest read
         for _ in range(8):
             bank.add(level, rng.integers(0, 256, (6, args.obs_size, args.obs_size, 3), np.uint8),
                      rng.integers(4, size=6), np.full(6, -1.0, np.float32))
+    results = {name: network(args, flags, envs, bank) for name, flags in NETWORKS.items()}
+
+    rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env)]
+    for name, result in results.items():
+        rows += [(f"(c) rollout inference, memory agent + env, {name}", result["inference"]),
+                 (f"(d) training (rollout + PPO), {name}", result["training"])]
+    paper, lean = results.values()
+    trials = gf.Args().trials_per_minibatch
+    text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
+            f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
+            f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}. "
+            "The memory agent with grid_failmem.py's defaults but the network: "
+            + "; ".join(f"{name}: `{' '.join(flags)}`" for name, flags in NETWORKS.items()) + ".", "",
+            "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
+            f"(a)/(b) = {batched / per_env:.1f}. Lean / paper: training {lean['training'] / paper['training']:.2f}x, "
+            f"rollout inference {lean['inference'] / paper['inference']:.2f}x; "
+            f"parameters {paper['parameters']:,} (paper) and {lean['parameters']:,} (lean).", "",
+            *[f"(d) {name}, per update of {80 * args.num_envs:,} steps: rollout {r['rollout_s']:.2f} s, "
+              f"PPO update {r['update_s']:.2f} s ({gf.Args().update_epochs} epochs x {args.num_envs // trials} "
+              f"minibatches of {trials} trials)." for name, r in results.items()], "",
+            f"(e) one minibatch ({trials} trials x 80 steps, every bank full), forward + backward, ms:", "",
+            f"| part | {' | '.join(results)} |", "|---|---|---|",
+            *[f"| {part} | {paper['parts'][part]:.1f} | {lean['parts'][part]:.1f} |" for part in paper["parts"]], ""]
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}_threads{args.threads}.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+def network(args, flags, envs, bank):
+    """(c), (d), (e) for the memory agent built with `flags` on top of grid_failmem.py's defaults."""
+    import tyro
+
+    agent_args = tyro.cli(gf.Args, args=["--obs-size", str(args.obs_size), *flags])
+    agent = gf.Agent(agent_args, 4)
 
     @torch.no_grad()
     def trial():
@@ -80,7 +121,7 @@ def main():
     command = [sys.executable, str(ROOT / "grid_failmem.py"), "--obs-size", str(args.obs_size), "--num-envs",
                str(args.num_envs), "--threads", str(args.threads), "--total-timesteps",
                str(args.updates * 80 * args.num_envs), "--num-train-levels", "1000", "--eval-every", "0",
-               "--num-test-levels", "1", "--exp-name", "throughput"]
+               "--num-test-levels", "1", "--exp-name", "throughput", *flags]
     out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
     training = float(re.findall(r"SPS (\d+)", out)[-1])
     rollout_s, update_s = (float(x) for x in re.findall(r"rollout ([\d.]+) s, update ([\d.]+) s", out)[-1])
@@ -91,7 +132,7 @@ def main():
     zeros = torch.zeros(trials, 80)
     actions = torch.zeros(trials, 80, dtype=torch.long)
     banks = [[*x, torch.ones(trials, 80, 8, dtype=torch.bool)] for x in gf.bank_tensors([bank], range(trials), "cpu")]
-    snail_in = torch.randn(trials, 80, agent.snail.tc1.convs[0].in_channels)
+    snail_in = torch.randn(trials, 80, agent.snail.layers[0].convs[0].in_channels)
 
     def backward(loss):
         loss.backward()
@@ -104,22 +145,9 @@ def main():
         ("the whole agent (get_action_and_value)",
          lambda: backward(agent.get_action_and_value(frames, actions, zeros, zeros, banks, actions)[1].sum())),
     ]
-    per_minibatch = [(name, 1000.0 / rate(fn, 1, seconds=3.0)) for name, fn in parts]
-
-    rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env),
-            ("(c) rollout inference, memory agent + env", inference), ("(d) training (rollout + PPO)", training)]
-    text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
-            f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
-            f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}.", "",
-            "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
-            f"(a)/(b) = {batched / per_env:.1f}; (d)/(a) = {training / batched:.4f}; (d)/(c) = {training / inference:.2f}.", "",
-            f"(d) per update of {80 * args.num_envs:,} steps: rollout {rollout_s:.1f} s, PPO update {update_s:.1f} s "
-            f"({agent_args.update_epochs} epochs x {args.num_envs // trials} minibatches of {trials} trials).", "",
-            f"(e) one minibatch ({trials} trials x 80 steps, every bank full), forward + backward:", "",
-            "| part | ms |", "|---|---|", *[f"| {name} | {ms:.0f} |" for name, ms in per_minibatch], ""]
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / f"grid_throughput_obs{args.obs_size}_threads{args.threads}.md").write_text("\n".join(text))
-    print("\n".join(text))
+    return dict(inference=inference, training=training, rollout_s=rollout_s, update_s=update_s,
+                parameters=sum(p.numel() for p in agent.parameters()),
+                parts={name: 1000.0 / rate(fn, 1, seconds=3.0) for name, fn in parts})
 
 
 if __name__ == "__main__":

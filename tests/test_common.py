@@ -260,11 +260,11 @@ def test_snail_cache_of_a_long_trial_is_bounded_by_the_largest_dilation():
     dilation + 1); only the attention keys and values grow with the trial."""
     snail = small_snail()
     short, long = snail.init_cache(3, SEQ_LEN), snail.init_cache(3, 400)
-    for block in ("tc1", "tc2"):
-        longest = getattr(snail, block).dilations[-1] + 1
-        assert [b.shape for b in long[block]] == [b.shape for b in short[block]]
-        assert all(b.shape[1] == min(SEQ_LEN, longest) for b in long[block])
-    assert long["attn1"][0].shape[1] == 400
+    for tc in (0, 2):  # layers: TC, attention, TC, attention
+        longest = snail.layers[tc].dilations[-1] + 1
+        assert [b.shape for b in long["layers"][tc]] == [b.shape for b in short["layers"][tc]]
+        assert all(b.shape[1] == min(SEQ_LEN, longest) for b in long["layers"][tc])
+    assert long["layers"][1][0].shape[1] == 400
 
 
 def test_block_steps_match_forward():
@@ -529,3 +529,36 @@ def test_layer_init_default_std_sqrt2_zero_bias():
     W = layer.weight.detach().double()
     torch.testing.assert_close(W @ W.T, 2.0 * torch.eye(10, dtype=torch.float64), atol=1e-5, rtol=1e-4)
     assert (layer.bias == 0).all()
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_snail_restart_equals_a_fresh_sequence(blocks):
+    """Test history 'episode': after `restart(rows, s)` a row's outputs at s.. are those of a
+    sequence that began at s (TC buffers zeroed, attention masked to positions >= s); the other
+    rows go on unchanged."""
+    snail = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=blocks)
+    T, s = 30, 11
+    x = torch.randn(2, T, IN_DIM)
+    with torch.no_grad():
+        cache = snail.init_cache(2, T)
+        outputs = []
+        for t in range(T):
+            if t == s:
+                snail.restart(cache, torch.tensor([0]), t)
+            outputs.append(snail.step(x[:, t], cache, t))
+        outputs = torch.stack(outputs, 1)
+        fresh = snail(x[:1, s:])
+        whole = snail(x[1:])
+    torch.testing.assert_close(outputs[0, s:], fresh[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[1], whole[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(outputs[0, s:], snail(x[:1])[0, s:], atol=1e-3)  # the restart changed row 0
+
+
+def test_snail_blocks_and_impala_blocks_set_the_sizes():
+    """--snail-blocks: pairs of (TC, attention); --cnn-blocks: residual blocks per stage."""
+    assert len(SNAIL(IN_DIM, 12, filters=4, blocks=1).layers) == 2
+    assert len(SNAIL(IN_DIM, 12, filters=4, blocks=3).layers) == 6
+    lean = ImpalaCNN(obs_size=16, channels=(8, 16), blocks=0, out_dim=32)
+    assert [type(m) for m in lean.stages] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU] * 2
+    assert lean.fc.in_features == 16 * 4 * 4
+    assert lean(random_frames(2, 3, size=16)).shape == (2, 3, 32)

@@ -494,6 +494,47 @@ def test_evaluation_stores_failures_as_they_happen():
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
 
 
+@pytest.mark.parametrize("test_history", ["episode", "trial"])
+def test_evaluation_reads_only_ended_levels_and_restarts_snail_per_episode(test_history, monkeypatch):
+    """Each ended episode re-reads only its own level's bank; with --test-history episode the
+    memory agent's SNAIL starts anew with each episode (earlier ones reach it through the bank)."""
+    torch.manual_seed(0)
+    args = small_args(agent="memory", eval_episodes=3, eval_envs=4, test_history=test_history)
+    agent = gf.Agent(args, 4).eval()
+    # level 0: blocks on every side of the start, so its episodes end after one step; levels 1
+    # and 2: blocks in the far corner, out of reach in a 12-step episode, so theirs run out together
+    near, far = custom_levels((5, 5), [(4, 5), (6, 5), (5, 4), (5, 6)], 0), custom_levels(
+        (0, 0), [(15, 15), (15, 14), (14, 15), (13, 15)], 0)
+    levels = {key: np.concatenate([near[key], far[key], far[key]]) for key in near}
+    reads, restarts = [], []
+    read_banks, restart = agent.read_banks, agent.snail.restart
+    monkeypatch.setattr(agent, "read_banks", lambda banks: reads.append(len(banks[0][0])) or read_banks(banks))
+    monkeypatch.setattr(agent.snail, "restart", lambda cache, rows, t: restarts.append((rows.tolist(), t))
+                        or restart(cache, rows, t))
+    result = gf.evaluate(agent, args, levels, np.arange(3), "cpu")
+    assert reads == [3, 1, 1, 1, 2, 2, 2]  # the trial's start, level 0 alone after steps 1-3, then 1 and 2 together
+    if test_history == "trial":
+        assert restarts == []
+    else:
+        assert restarts == [([0], 1), ([0], 2), ([0], 3), ([1, 2], 12), ([1, 2], 24), ([1, 2], 36)]
+    assert (result["hits"][0] >= 0).all() and (result["hits"][1:] == -1).all()
+
+
+def test_episodic_gae_stops_the_return_at_episode_ends():
+    """--episodic-gae: the advantages of a trial with an episode end after step 2 are those of
+    its two episodes computed apart; without it the first episode's returns see the second's."""
+    rewards = torch.tensor([[0.0, 0.0, -1.0, 0.0, 5.0]])
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]])
+    ends = torch.tensor([[False, False, True, False, False]])
+    adv, ret = gf.compute_gae(rewards, values, 0.9, 0.8, ends)
+    first, _ = gf.compute_gae(rewards[:, :3], values[:, :3], 0.9, 0.8)
+    second, _ = gf.compute_gae(rewards[:, 3:], values[:, 3:], 0.9, 0.8)
+    torch.testing.assert_close(adv, torch.cat([first, second], 1))
+    torch.testing.assert_close(ret, adv + values)
+    across, _ = gf.compute_gae(rewards, values, 0.9, 0.8)
+    assert across[0, 2] > adv[0, 2]  # across episodes the trap's step sees the goal after it
+
+
 def test_video_frame_shows_the_view_beside_the_bank():
     bank = gf.MemoryBank(mem_size=8, mem_len=6, obs_shape=(16, 16, 3), ram_bytes=float("inf"))
     bank.add(0, *trajectory(2, 7, obs_shape=(16, 16, 3)))
@@ -588,6 +629,14 @@ BAD_FLAGS = [
     (dict(norm_adv="yes"), "--norm-adv"),
     (dict(mem_update="episode", agent="snail"), "--mem-update"),
     (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
+    (dict(reward_scale=0.0), "--reward-scale"),
+    (dict(cnn_channels=()), "--cnn-channels"),
+    (dict(cnn_channels=(16, 0)), "--cnn-channels"),
+    (dict(cnn_blocks=-1), "--cnn-blocks"),
+    (dict(cnn_out=0), "--cnn-out"),
+    (dict(snail_blocks=0), "--snail-blocks"),
+    (dict(snail_filters=0), "--snail-filters"),
+    (dict(test_history="all"), "--test-history"),
     (dict(eval_only=True), "--checkpoint"),
     (dict(eval_only=True, checkpoint="missing.pt"), "--checkpoint"),
 ]
