@@ -101,13 +101,20 @@ def main():
 
 
 def runs_of(args, lever):
-    """The latest run of each seed of a lever."""
+    """The latest finished run of each seed of a lever with this budget (the same lever may have
+    been run for other budgets: the last logged step tells them apart)."""
     found = []
     for seed in args.seeds:
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
+        runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < 80 * 48]
         if runs:
             found.append(runs[-1])
     return found
+
+
+def last_step(run):
+    steps, _ = scalars(run, "charts/episode_success")
+    return steps[-1] if len(steps) else -1
 
 
 def first_reach(steps, values, goal):
@@ -125,8 +132,8 @@ def plot(args):
     heldout = metric == "heldout"
     fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
     what = "held-out mean success" if heldout else "training episode success (mean of 10 updates)"
-    table = [f"| lever | flags | seeds | steps run | SPS | steps to {goal} {what}, per seed | "
-             "training success, last 10 updates | held-out mean success, last evaluation |", "|---|---|---|---|---|---|---|---|"]
+    table = [f"| lever | flags | seeds | steps run | SPS | steps to {goal} {what}, per seed | steps to {goal / 2:g}, per seed | "
+             "training success, last 10 updates | held-out mean success, last evaluation |", "|---|---|---|---|---|---|---|---|---|"]
     for lever in args.levers:
         runs = runs_of(args, lever)
         train = [(s[9:], smooth(v)) for s, v in (scalars(r, "charts/episode_success") for r in runs) if len(v) >= 10]
@@ -147,11 +154,13 @@ def plot(args):
             axes[2].fill_between(e_steps, e_low, e_high, color=line.get_color(), alpha=0.15)
         curves = evals if heldout else train
         reach = [first_reach(s, v, goal) for s, v in curves]
+        half = [first_reach(s, v, goal / 2) for s, v in curves]
         sps = np.mean([scalars(r, "charts/SPS")[1][-1] for r in runs])
         last_eval = [v[-1] for _, v in evals if len(v)]
         table.append(
             f"| {lever} | `{' '.join(lever_flags(lever)) or '(none)'}` | {len(runs)} | {int(min(s[-1] for s, _ in train)):,} | "
             f"{sps:,.0f} | {', '.join('-' if x is None else f'{x:,}' for x in reach)} | "
+            f"{', '.join('-' if x is None else f'{x:,}' for x in half)} | "
             f"{np.mean([scalars(r, 'charts/episode_success')[1][-10:].mean() for r in runs]):.3f} | "
             + (f"{np.mean(last_eval):.3f} ± {np.std(last_eval):.3f}" if last_eval else "-") + " |")
     axes[0].set(title="training episode success vs. steps", xlabel="env steps", ylabel="success (mean of 10 updates)")
@@ -174,7 +183,7 @@ def plot(args):
                f"--total-timesteps {args.total_timesteps} --levers {' '.join(args.levers)}"
                + (f" --name {args.name}" if args.name else "") + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# Gridworld ladder {args.rung}", "", f"Made by `{command}` on {machine()}.", "",
-            __doc__.split("Rungs, each")[1].split("A lever is")[0].strip().split("\n"),
+            ("Rungs, each" + __doc__.split("Rungs, each")[1].split("A lever is")[0]).rstrip().split("\n"),
             "", f"Every run: `{' '.join(RUNGS[args.rung][0])}` and the lever's flags on grid_failmem.py's defaults; one "
             f"torch thread, {args.parallel} runs at once on the cores (SPS depends on what ran beside: compare steps). "
             f"Goal of this rung: {what} >= {goal}" + (f" within {budget:,} steps." if budget else "."), "",
