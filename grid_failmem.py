@@ -200,7 +200,7 @@ def check_args(args):
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
         (args.num_heads < 1, f"--num-heads must be positive, got {args.num_heads}"),
         (args.total_timesteps < 1, f"--total-timesteps must be positive, got {args.total_timesteps}"),
-        (not 0 < args.learning_rate < math.inf, f"--learning-rate must be positive, got {args.learning_rate}"),
+        (not 0 < args.learning_rate <= 1, f"--learning-rate must be in (0, 1], got {args.learning_rate}"),
         (args.num_envs < 1, f"--num-envs must be positive, got {args.num_envs}"),
         (args.trials_per_minibatch < 1, f"--trials-per-minibatch must be positive, got {args.trials_per_minibatch}"),
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
@@ -996,7 +996,7 @@ def read_checkpoint(path, flag="--checkpoint"):
     try:  # weights_only: a file that is not ours is refused, never run as a pickle
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated zip, random bytes, a foreign pickle: many types, one meaning
-        fail(f"cannot be read: damaged or not a checkpoint ({' '.join(str(error).split())[:160]})")
+        fail(f"cannot be read: damaged (cut short?) or not a torch checkpoint ({type(error).__name__})")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict) or "model" not in checkpoint:
         fail(f"is not a checkpoint of {CHECKPOINT_SCRIPT}: it holds no model and flags (a bare state dict?)")
     if checkpoint.get("script", CHECKPOINT_SCRIPT) != CHECKPOINT_SCRIPT:  # those before the mark were ours
@@ -1008,8 +1008,9 @@ def read_checkpoint(path, flag="--checkpoint"):
         fail(f"holds an agent this script does not have: {saved.agent}")
     try:
         Agent(saved, len(MOVES)).load_state_dict(checkpoint["model"])
-    except Exception as error:  # missing or unexpected weights, wrong shapes
-        fail(f"holds weights that do not fit its {saved.agent} agent ({' '.join(str(error).split())[:160]})")
+    except Exception as error:  # missing or unexpected weights, wrong shapes: the first one named
+        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
+        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({' '.join(detail).strip()})")
     if flag == "--resume":
         if not {"optimizer", "iteration", "global_step", "rng", "banks", "run_name"} <= checkpoint.keys():
             fail("holds the weights only, not the training state --resume needs (--eval-only --checkpoint reads it)")
@@ -1101,7 +1102,7 @@ class Checkpoints:
         """Write the checkpoint if it is due (`state()` builds it); True when the run stops here."""
         if self.signals.received is not None:
             self.stopped = f"by {signal.Signals(self.signals.received).name}"
-        elif iteration == self.stop_after:
+        elif 0 < self.stop_after <= iteration:
             self.stopped = "as --stop-after asks"
         if asked or self.stopped or time.time() - self.saved_at >= self.interval:
             save_checkpoint(self.path, state())
@@ -1123,9 +1124,8 @@ def stop_if_not_finite(agent, losses, iteration, kept):
     """A NaN or infinite loss ends the run at once: its weights are not saved, the last good checkpoint stays."""
     bad = [name for name, value in losses.items() if not math.isfinite(value)]
     if bad or not all(torch.isfinite(parameter).all() for parameter in agent.parameters()):
-        what = ", ".join(bad) if bad else "weights"
-        sys.exit(f"{os.path.basename(__file__)}: error: update {iteration}: the {what} became NaN or infinite; "
-                 f"these weights are not saved, {kept}")
+        what = f"loss became NaN or infinite ({', '.join(bad)})" if bad else "weights became NaN or infinite"
+        sys.exit(f"{os.path.basename(__file__)}: error: update {iteration}: the {what}; its weights are not saved, {kept}")
 
 
 def load_checkpoint(path, args, num_actions, device, checkpoint=None):
@@ -1158,6 +1158,9 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    # NaN logits reach the loss check after the update (one line, the last good checkpoint kept),
+    # not Categorical's argument check, which would stop inside the update with a traceback
+    torch.distributions.Distribution.set_default_validate_args(False)
     torch.set_num_threads(args.threads or os.cpu_count())
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     level_rng = np.random.default_rng(args.seed)
