@@ -3,8 +3,11 @@ then end-to-end runs of the script on tiny settings in a subprocess."""
 
 import glob
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -481,7 +484,8 @@ class ScriptedAgent(torch.nn.Module):
 def test_evaluation_stores_failures_as_they_happen():
     # levels where the straight path to each block is free of other blocks
     levels = custom_levels((0, 0), [(0, 5), (5, 5), (10, 10)], goal=2)
-    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=5, eval_envs=4, agent="memory")
+    # the scripted agent has no SNAIL to restart
+    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=5, eval_envs=4, agent="memory", test_history="trial")
     agent = ScriptedAgent(levels, [0])
     result = gf.evaluate(agent, args, levels, np.array([0]), "cpu")
     # episodes 1, 2 hit the traps 0 and 1, episode 3 and later reach the goal
@@ -639,6 +643,23 @@ BAD_FLAGS = [
     (dict(test_history="all"), "--test-history"),
     (dict(eval_only=True), "--checkpoint"),
     (dict(eval_only=True, checkpoint="missing.pt"), "--checkpoint"),
+    (dict(ent_coef=-1), "--ent-coef"),
+    (dict(clip_coef=-0.5), "--clip-coef"),
+    (dict(vf_coef=-1), "--vf-coef"),
+    (dict(max_grad_norm=-1), "--max-grad-norm"),
+    (dict(max_grad_norm=0), "--max-grad-norm"),
+    (dict(target_kl=0.0), "--target-kl"),
+    (dict(learning_rate=float("nan")), "--learning-rate"),
+    (dict(learning_rate=10.0), "--learning-rate"),
+    (dict(bank_ram_mb=float("nan")), "--bank-ram-mb"),
+    (dict(seed=-1), "--seed"),
+    (dict(checkpoint_minutes=-1), "--checkpoint-minutes"),
+    (dict(stop_after=-1), "--stop-after"),
+    (dict(checkpoint=str(ROOT / "README.md")), "--checkpoint is read by --eval-only only"),
+    (dict(eval_only=True, checkpoint=str(ROOT / "README.md"), resume=str(ROOT / "README.md")), "--resume"),
+    (dict(resume="missing.pt"), "--resume missing.pt does not exist"),
+    (dict(eval_only=True, checkpoint=str(ROOT)), f"--checkpoint {ROOT} is not a file"),
+    (dict(resume=str(ROOT)), f"--resume {ROOT} is not a file"),
 ]
 
 
@@ -656,10 +677,169 @@ def test_good_flags_pass_the_check():
 
 
 @pytest.mark.parametrize("flags,name", [(["--agent", "lstm"], "--agent"), (["--mem-len", "81"], "--mem-len"),
-                                        (["--eval-only", "--checkpoint", "missing.pt"], "--checkpoint")])
+                                        (["--eval-only", "--checkpoint", "missing.pt"], "--checkpoint"),
+                                        (["--ent-coef", "-1"], "--ent-coef")])
 def test_bad_flag_stops_the_script_with_one_line(flags, name, tmp_path):
     out = run_script(*flags, cwd=tmp_path)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], out.stderr
     assert not (tmp_path / "runs").exists()  # no work started
+
+
+# --- checkpoints: atomic, resumable bit for bit, checked before any work --------------------
+def test_bank_evicted_levels_counts_levels_not_evictions():
+    traj_bytes = 4 * 4 * 4 * 3
+    bank = gf.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=traj_bytes)
+    for level in (0, 1, 0, 1):  # each add drops the other level: 3 evictions of 2 levels
+        bank.add(level, *trajectory(5, level + 1))
+    assert bank.evicted_levels == 2 and set(bank.banks) == {1}
+
+
+def test_bank_state_dict_keeps_trajectories_lru_order_and_counters():
+    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * 4 * 4 * 4 * 3)
+    for level, value in ((0, 1), (1, 2), (0, 3), (0, 4), (2, 5), (3, 6)):
+        bank.add(level, *trajectory(3, value))
+    bank.trajectories(2)  # level 2 becomes the most recently used
+    copy = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * 4 * 4 * 4 * 3)
+    copy.load_state_dict(bank.state_dict())
+    assert list(copy.banks) == list(bank.banks) == [3, 2]
+    assert (copy.num_trajectories, copy.evicted_levels) == (bank.num_trajectories, bank.evicted_levels) == (2, 2)
+    for level in bank.banks:
+        for mine, theirs in zip(bank.banks[level], copy.banks[level]):
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs))
+
+
+def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path):
+    """SIGKILL a process that does nothing but save a 32 MiB checkpoint over and over: whenever the
+    kill lands, the file holds the last complete save or the one after it."""
+    path = tmp_path / "agent.pt"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import torch, grid_failmem as gf\n"
+            "x = torch.zeros(2**25, dtype=torch.uint8)\n"
+            "for i in range(10**6):\n"
+            f"    x[0] = i % 256; gf.save_checkpoint({str(path)!r}, dict(i=i, x=x)); print(i, flush=True)\n")
+    saver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for line in saver.stdout:
+        if int(line) == 2:
+            break
+    time.sleep(0.02)  # inside the next save (one takes 30 to 100 ms here)
+    saver.kill()
+    saver.wait()
+    assert (tmp_path / "agent.pt.partial").exists()  # the kill did land inside a save
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["i"] in (2, 3, 4) and checkpoint["x"][0] == checkpoint["i"] and len(checkpoint["x"]) == 2**25
+
+
+RESUME = [*TINY, "--total-timesteps", "240", "--eval-every", "2", "--mem-update", "episode", "--bank-ram-mb", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A tiny run of 3 updates stopped after the first, as --stop-after does: (cwd, checkpoint)."""
+    cwd = tmp_path_factory.mktemp("stopped")
+    out = run_script(*RESUME, "--exp-name", "stopped", "--stop-after", "1", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert "stopped as --stop-after asks after update 1/3" in out.stdout
+    return cwd, Path(out.stdout.split("checkpoint: ")[-1].split()[0])
+
+
+def all_scalars(run_dir):
+    """Every logged scalar as (step, value) lists, but timings, which differ from run to run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"] if not tag.startswith(("perf/", "charts/SPS"))}
+
+
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(stopped_run, tmp_path):
+    """The memory agent with --mem-update episode and a RAM bound that evicts: 3 updates straight
+    against 1 update, a stop and --resume to 3 (the same learning-rate schedule, over 3 updates)."""
+    cwd, checkpoint = stopped_run
+    resumed = shutil.copytree(cwd, tmp_path / "resumed")
+    out = run_script(*RESUME, "--exp-name", "stopped", "--resume", str(checkpoint), cwd=resumed)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stdout and "update 2/3" in out.stdout and "update 1/3" not in out.stdout
+    straight = run_script(*RESUME, "--exp-name", "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    [straight_dir] = glob.glob(str(tmp_path / "runs" / "grid__straight__*"))
+    mine, theirs = (torch.load(Path(d) / "agent.pt", weights_only=True) for d in (resumed / checkpoint.parent, straight_dir))
+    assert mine["model"].keys() == theirs["model"].keys()
+    assert all(torch.equal(mine["model"][key], theirs["model"][key]) for key in mine["model"])
+    assert mine["iteration"] == theirs["iteration"] == 3 and mine["banks"][0]["evicted"].tolist()
+    logged, expected = all_scalars(resumed / checkpoint.parent), all_scalars(straight_dir)
+    assert logged.keys() == expected.keys() and "eval/mean_success" in logged
+    np.testing.assert_equal(logged, expected)  # NaN (explained variance of a flat return) equals NaN
+
+
+def test_resume_keeps_the_flags_of_its_run(stopped_run):
+    cwd, checkpoint = stopped_run
+    out = run_script("--resume", str(checkpoint), "--num-envs", "8", cwd=cwd)
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        f"grid_failmem.py: error: --resume {checkpoint} was made with --num-envs 4, not 8; a resumed run keeps its flags"]
+
+
+def damaged_checkpoints(checkpoint, folder):
+    """(path, flag, what the line must say) for each kind of file no run can use."""
+    saved = torch.load(checkpoint, weights_only=True)
+    files = {"empty.pt": b"", "truncated.pt": checkpoint.read_bytes()[:4096], "random.pt": os.urandom(4096)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    torch.save(saved["model"], folder / "bare.pt")
+    torch.save(dict(saved, script="reacher_failmem.py"), folder / "other.pt")
+    torch.save(dict(saved, args=dict(saved["args"], embed_dim=32)), folder / "flags.pt")
+    torch.save(dict(model=saved["model"], args=saved["args"], global_step=80), folder / "weights_only.pt")
+    return [("empty.pt", "--checkpoint", "is empty"), ("truncated.pt", "--checkpoint", "damaged"),
+            ("random.pt", "--checkpoint", "damaged"), ("bare.pt", "--checkpoint", "bare state dict"),
+            ("other.pt", "--checkpoint", "written by reacher_failmem.py"), ("flags.pt", "--checkpoint", "do not fit"),
+            ("weights_only.pt", "--resume", "weights only"), ("empty.pt", "--resume", "is empty")]
+
+
+def test_each_unusable_checkpoint_is_named_in_one_line(stopped_run, tmp_path):
+    cwd, checkpoint = stopped_run
+    for name, flag, problem in damaged_checkpoints(cwd / checkpoint, tmp_path):
+        with pytest.raises(SystemExit) as stop:
+            gf.read_checkpoint(str(tmp_path / name), flag)
+        message = str(stop.value.code)
+        assert message.startswith(f"grid_failmem.py: error: {flag} {tmp_path / name} ") and problem in message
+        assert "\n" not in message
+    # and from the command line, before any work
+    out = run_script("--eval-only", "--checkpoint", str(tmp_path / "truncated.pt"), cwd=tmp_path)
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and "damaged" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(stopped_run, tmp_path):
+    """An optimizer state that throws the weights to 1e30 on the first step: the update's loss is NaN."""
+    cwd, checkpoint = stopped_run
+    run = shutil.copytree(cwd, tmp_path / "nan")
+    saved = torch.load(run / checkpoint, weights_only=True)
+    for state in saved["optimizer"]["state"].values():
+        state["exp_avg"].fill_(1e30)
+        state["exp_avg_sq"].zero_()
+    torch.save(saved, run / checkpoint)
+    before = (run / checkpoint).read_bytes()
+    out = run_script(*RESUME, "--exp-name", "stopped", "--resume", str(checkpoint), "--checkpoint-minutes", "0", cwd=run)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"grid_failmem.py: error: update 2: the loss became NaN or infinite (value_loss, policy_loss, entropy, "
+        f"old_approx_kl, approx_kl); its weights are not saved, the checkpoint {checkpoint} (update 1) is kept"]
+    assert (run / checkpoint).read_bytes() == before
+
+
+def test_sigint_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, str(ROOT / "grid_failmem.py"), *TINY, "--total-timesteps", "80000",
+                            "--eval-every", "0"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    for line in run.stdout:
+        if line.startswith("update 1/"):
+            break
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and stderr == ""
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT after update ") and "/1000; checkpoint: runs/" in last
+    checkpoint = last.split("checkpoint: ")[1].split()[0]
+    assert gf.read_checkpoint(str(tmp_path / checkpoint), "--resume")["iteration"] >= 1
