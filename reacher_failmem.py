@@ -579,15 +579,18 @@ class MemoryBank:
 
     def state_dict(self):
         """Everything a resumed run needs, as tensors: the levels in LRU order, how many
-        trajectories each holds, the trajectories oldest first (frames not copied), the evicted levels."""
+        trajectories each holds, the trajectories oldest first (frames one tensor each, not
+        copied; actions, rewards, valid steps stacked), the evicted levels."""
         trajectories = [trajectory for bank in self.banks.values() for trajectory in bank]
+        stacked = [np.stack([t[i] for t in trajectories]) if trajectories else np.zeros((0, self.mem_len), dtype)
+                   for i, dtype in ((1, np.int64), (2, np.float32), (3, bool))]
         return dict(
             levels=torch.tensor(list(self.banks), dtype=torch.long),
             counts=torch.tensor([len(bank) for bank in self.banks.values()], dtype=torch.long),
             frames=[torch.from_numpy(t[0]) for t in trajectories],
-            actions=[torch.from_numpy(t[1]) for t in trajectories],
-            rewards=[torch.from_numpy(t[2]) for t in trajectories],
-            valid=[torch.from_numpy(t[3]) for t in trajectories],
+            actions=torch.from_numpy(stacked[0]),
+            rewards=torch.from_numpy(stacked[1]),
+            valid=torch.from_numpy(stacked[2]),
             evicted=torch.tensor(sorted(self.evicted), dtype=torch.long),
         )
 
