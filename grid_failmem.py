@@ -10,6 +10,7 @@ policy reads it with a Transformer per trajectory and gated attention over the b
     python grid_failmem.py --agent snail        # the SNAIL baseline (no bank)
     python grid_failmem.py --track              # also Weights & Biases
     python grid_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+    python grid_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
 Where the paper's parts are, top to bottom: the gridworld (Sec. 3.1.1, Appendix A), the
 memory bank (Sec. 2), the agent (Sec. 2.1-2.3 with the blocks of common.py), the evaluation
@@ -959,7 +960,8 @@ def wandb_mode():
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim",
                 "num_heads", "time_aware_value")
-# flags a resumed run takes from its own command line: none changes what training computes
+# flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
+# must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",
                "eval_only", "checkpoint", "resume", "checkpoint_minutes", "stop_after", "batch_size", "num_iterations")
 

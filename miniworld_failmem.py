@@ -13,6 +13,7 @@ Transformer per trajectory and gated attention over the bank.
     python miniworld_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
     python miniworld_failmem.py --track              # also Weights & Biases
     python miniworld_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+    python miniworld_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
 Rendering is the cost (Mesa's software rasteriser through headless EGL), so the envs run in
 `--num-workers` processes (gymnasium's AsyncVectorEnv), each stepping its share of the
@@ -835,7 +836,8 @@ def wandb_mode():
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "miniworld_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads")
-# flags a resumed run takes from its own command line: none changes what training computes
+# flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
+# must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "num_workers",
                "eval_only", "checkpoint", "resume", "checkpoint_minutes", "stop_after", "batch_size", "num_iterations")
 

@@ -14,6 +14,7 @@ trajectory and gated attention over the bank.
     python reacher_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
     python reacher_failmem.py --track              # also Weights & Biases
     python reacher_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+    python reacher_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
 PyBullet ships no UR model, so the UR5 is written here as a URDF from Universal Robots'
 published DH parameters, its links drawn as cylinders (TinyRenderer, no GPU or display needed).
@@ -924,7 +925,8 @@ def wandb_mode():
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "reacher_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads")
-# flags a resumed run takes from its own command line: none changes what training computes
+# flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
+# must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "num_workers",
                "eval_only", "checkpoint", "resume", "checkpoint_minutes", "stop_after", "batch_size", "num_iterations")
 
