@@ -10,6 +10,7 @@ policy reads it with a Transformer per trajectory and gated attention over the b
     python grid_failmem.py --agent snail        # the SNAIL baseline (no bank)
     python grid_failmem.py --track              # also Weights & Biases
     python grid_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+    python grid_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
 Where the paper's parts are, top to bottom: the gridworld (Sec. 3.1.1, Appendix A), the
 memory bank (Sec. 2), the agent (Sec. 2.1-2.3 with the blocks of common.py), the evaluation
@@ -444,15 +445,18 @@ class MemoryBank:
 
     def state_dict(self):
         """Everything a resumed run needs, as tensors: the levels in LRU order, how many
-        trajectories each holds, the trajectories oldest first (frames not copied), the evicted levels."""
+        trajectories each holds, the trajectories oldest first (frames one tensor each, not
+        copied; actions, rewards, valid steps stacked), the evicted levels."""
         trajectories = [trajectory for bank in self.banks.values() for trajectory in bank]
+        stacked = [np.stack([t[i] for t in trajectories]) if trajectories else np.zeros((0, self.mem_len), dtype)
+                   for i, dtype in ((1, np.int64), (2, np.float32), (3, bool))]
         return dict(
             levels=torch.tensor(list(self.banks), dtype=torch.long),
             counts=torch.tensor([len(bank) for bank in self.banks.values()], dtype=torch.long),
             frames=[torch.from_numpy(t[0]) for t in trajectories],
-            actions=[torch.from_numpy(t[1]) for t in trajectories],
-            rewards=[torch.from_numpy(t[2]) for t in trajectories],
-            valid=[torch.from_numpy(t[3]) for t in trajectories],
+            actions=torch.from_numpy(stacked[0]),
+            rewards=torch.from_numpy(stacked[1]),
+            valid=torch.from_numpy(stacked[2]),
             evicted=torch.tensor(sorted(self.evicted), dtype=torch.long),
         )
 
@@ -993,7 +997,8 @@ def wandb_mode():
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim",
                 "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value")
-# flags a resumed run takes from its own command line: none changes what training computes
+# flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
+# must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",
                "eval_only", "checkpoint", "resume", "checkpoint_minutes", "stop_after", "batch_size", "num_iterations")
 

@@ -13,6 +13,7 @@ Transformer per trajectory and gated attention over the bank.
     python miniworld_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
     python miniworld_failmem.py --track              # also Weights & Biases
     python miniworld_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
+    python miniworld_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
 Rendering is the cost (Mesa's software rasteriser through headless EGL), so the envs run in
 `--num-workers` processes (gymnasium's AsyncVectorEnv), each stepping its share of the
@@ -31,10 +32,11 @@ import math
 import netrc
 import os
 import random
+import signal
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # Headless rendering: both must be set before miniworld (and so pyglet's GL) is imported.
 # LP_NUM_THREADS=0 keeps Mesa's llvmpipe from starting its own threads: faster on few cores, and
@@ -92,6 +94,13 @@ class Args:
     """if toggled, only evaluate the agent in --checkpoint on the held-out levels"""
     checkpoint: str | None = None
     """a checkpoint written by a training run, for --eval-only"""
+    resume: str | None = None
+    """a checkpoint of a stopped training run: continue it bit for bit where it stopped, in its run directory"""
+    checkpoint_minutes: float = 10.0
+    """minutes of wall time between checkpoints (also written at every evaluation, at the end, on Ctrl-C or SIGTERM)"""
+    stop_after: int = 0
+    """stop with a checkpoint after this many updates of the run (0: run them all); the schedule still spans
+    --total-timesteps, so --resume goes on as if the run had never stopped"""
 
     # Miniworld (Sec. 3.2, Appendix A)
     obs_size: int = 64
@@ -178,9 +187,10 @@ def check_args(args):
         (args.num_train_levels < 1, f"--num-train-levels must be positive, got {args.num_train_levels}"),
         (args.num_test_levels < 1, f"--num-test-levels must be positive, got {args.num_test_levels}"),
         (args.trial_len < 2, f"--trial-len must be at least 2, got {args.trial_len}"),
+        (args.num_envs < 1, f"--num-envs must be positive, got {args.num_envs}"),
         (args.num_workers < 0, f"--num-workers must be 0 or positive, got {args.num_workers}"),
         (
-            args.num_workers > 0 and args.num_envs % args.num_workers,
+            args.num_envs > 0 and args.num_workers > 0 and args.num_envs % args.num_workers,
             f"--num-envs {args.num_envs} must be a multiple of --num-workers, got {args.num_workers}",
         ),
         (args.mem_size < 1, f"--mem-size must be positive, got {args.mem_size}"),
@@ -188,12 +198,11 @@ def check_args(args):
             not 1 <= args.mem_len <= args.trial_len,
             f"--mem-len must be between 1 and --trial-len {args.trial_len}, got {args.mem_len}",
         ),
-        (args.bank_ram_mb <= 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
+        (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
         (args.num_heads < 1, f"--num-heads must be positive, got {args.num_heads}"),
         (args.total_timesteps < 1, f"--total-timesteps must be positive, got {args.total_timesteps}"),
-        (args.learning_rate <= 0, f"--learning-rate must be positive, got {args.learning_rate}"),
-        (args.num_envs < 1, f"--num-envs must be positive, got {args.num_envs}"),
+        (not 0 < args.learning_rate <= 1, f"--learning-rate must be in (0, 1], got {args.learning_rate}"),
         (args.trials_per_minibatch < 1, f"--trials-per-minibatch must be positive, got {args.trials_per_minibatch}"),
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
@@ -206,12 +215,24 @@ def check_args(args):
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
         (args.threads < 0, f"--threads must be 0 or positive, got {args.threads}"),
+        (not 0 <= args.seed < 2**32, f"--seed must be in [0, 2^32), got {args.seed}"),
+        (not 0 < args.clip_coef < math.inf, f"--clip-coef must be positive, got {args.clip_coef}"),
+        (not 0 <= args.ent_coef < math.inf, f"--ent-coef must be 0 or positive, got {args.ent_coef}"),
+        (not 0 <= args.vf_coef < math.inf, f"--vf-coef must be 0 or positive, got {args.vf_coef}"),
+        (not args.max_grad_norm > 0, f"--max-grad-norm must be positive, got {args.max_grad_norm}"),
+        (args.target_kl is not None and not args.target_kl > 0, f"--target-kl must be positive, got {args.target_kl}"),
+        (not args.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or positive, got {args.checkpoint_minutes}"),
+        (args.stop_after < 0, f"--stop-after must be 0 or positive, got {args.stop_after}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
         (
-            args.checkpoint is not None and not os.path.isfile(args.checkpoint),
-            f"--checkpoint {args.checkpoint} does not exist",
+            args.checkpoint is not None and not args.eval_only,
+            "--checkpoint is read by --eval-only only; to continue a training run give --resume PATH",
         ),
+        (args.eval_only and args.resume is not None, "--resume continues a training run and --eval-only evaluates: give one"),
     ]
+    for flag, path in (("--checkpoint", args.checkpoint), ("--resume", args.resume)):
+        if path is not None and not os.path.isfile(path):
+            problems.append((True, f"{flag} {path} {'is not a file' if os.path.exists(path) else 'does not exist'}"))
     for bad, message in problems:
         if bad:
             sys.exit(f"{os.path.basename(__file__)}: error: {message}")
@@ -432,7 +453,7 @@ class MemoryBank:
         self.traj_bytes = mem_len * int(np.prod(obs_shape))
         self.banks = OrderedDict()
         self.num_trajectories = 0
-        self.evicted_levels = 0
+        self.evicted = set()  # levels whose bank the RAM bound dropped, each counted once
 
     def add(self, level, frames, actions, rewards):
         """Store the last L steps of one episode of `level`; a full bank drops its oldest, or
@@ -456,13 +477,43 @@ class MemoryBank:
             self.num_trajectories -= 1
         self.banks.move_to_end(level)
         while self.nbytes > self.ram_bytes and len(self.banks) > 1:
-            _, dropped = self.banks.popitem(last=False)
+            dropped_level, dropped = self.banks.popitem(last=False)
             self.num_trajectories -= len(dropped)
-            self.evicted_levels += 1
+            self.evicted.add(dropped_level)
 
     @property
     def nbytes(self):
         return self.num_trajectories * self.traj_bytes
+
+    @property
+    def evicted_levels(self):
+        return len(self.evicted)
+
+    def state_dict(self):
+        """Everything a resumed run needs, as tensors: the levels in LRU order, how many
+        trajectories each holds, the trajectories oldest first (frames one tensor each, not
+        copied; actions, rewards, valid steps stacked), the evicted levels."""
+        trajectories = [trajectory for bank in self.banks.values() for trajectory in bank]
+        stacked = [np.stack([t[i] for t in trajectories]) if trajectories else np.zeros((0, self.mem_len), dtype)
+                   for i, dtype in ((1, np.int64), (2, np.float32), (3, bool))]
+        return dict(
+            levels=torch.tensor(list(self.banks), dtype=torch.long),
+            counts=torch.tensor([len(bank) for bank in self.banks.values()], dtype=torch.long),
+            frames=[torch.from_numpy(t[0]) for t in trajectories],
+            actions=torch.from_numpy(stacked[0]),
+            rewards=torch.from_numpy(stacked[1]),
+            valid=torch.from_numpy(stacked[2]),
+            evicted=torch.tensor(sorted(self.evicted), dtype=torch.long),
+        )
+
+    def load_state_dict(self, state):
+        steps = iter(zip(state["frames"], state["actions"], state["rewards"], state["valid"]))
+        self.banks = OrderedDict(
+            (int(level), [tuple(x.numpy() for x in next(steps)) for _ in range(int(count))])
+            for level, count in zip(state["levels"], state["counts"])
+        )
+        self.num_trajectories = sum(len(bank) for bank in self.banks.values())
+        self.evicted = set(state["evicted"].tolist())
 
     def get(self, levels):
         """The banks of `levels` as arrays: frames (B, N, L, H, W, 3), actions and rewards
@@ -779,11 +830,193 @@ def wandb_mode():
     return "offline"
 
 
-def load_checkpoint(path, args, num_actions, device):
-    """Rebuild the agent the checkpoint was trained as; its architecture flags win."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    for key in ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads"):
-        setattr(args, key, checkpoint["args"][key])
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: written whole or not at all, read back with one line for any file that cannot be
+# used, and holding everything a stopped run needs to go on as if it had never stopped
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "miniworld_failmem.py", 1  # the maker's mark, and the layout of the contents
+ARCHITECTURE = ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads")
+# flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
+# must be the checkpoint's, as it changes what the run computes
+RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "num_workers",
+               "eval_only", "checkpoint", "resume", "checkpoint_minutes", "stop_after", "batch_size", "num_iterations")
+
+
+def save_checkpoint(path, state):
+    """torch.save into a file beside `path`, flushed to disk, then renamed over it: a kill at any
+    moment leaves the previous checkpoint or the new one, never a part of one."""
+    partial = f"{path}.partial"
+    with open(partial, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself reaches the disk
+    finally:
+        os.close(directory)
+
+
+def checkpoint_args(checkpoint):
+    """The flags a checkpoint was made with, as Args (fields it predates get their defaults)."""
+    names = {field.name for field in fields(Args)}
+    return Args(**{key: value for key, value in checkpoint["args"].items() if key in names})
+
+
+def read_checkpoint(path, flag="--checkpoint"):
+    """The checkpoint at `path`, checked before any work: whole, written by this script, its weights
+    fitting the agent its flags describe, and for --resume holding the training state of a run
+    with updates left. Anything else stops the script with one line naming the file."""
+
+    def fail(problem):
+        sys.exit(f"{os.path.basename(__file__)}: error: {flag} {path} {problem}")
+
+    if os.path.getsize(path) == 0:
+        fail("is empty (0 bytes)")
+    try:  # weights_only: a file that is not ours is refused, never run as a pickle
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, random bytes, a foreign pickle: many types, one meaning
+        fail(f"cannot be read: damaged (cut short?) or not a torch checkpoint ({type(error).__name__})")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict) or "model" not in checkpoint:
+        fail(f"is not a checkpoint of {CHECKPOINT_SCRIPT}: it holds no model and flags (a bare state dict?)")
+    if checkpoint.get("script", CHECKPOINT_SCRIPT) != CHECKPOINT_SCRIPT:  # those before the mark were ours
+        fail(f"was written by {checkpoint['script']}, not by {CHECKPOINT_SCRIPT}")
+    if checkpoint.get("format", 0) > CHECKPOINT_FORMAT:
+        fail("was written by a newer version of this script")
+    saved = checkpoint_args(checkpoint)
+    if saved.agent not in AGENTS:
+        fail(f"holds an agent this script does not have: {saved.agent}")
+    try:
+        Agent(saved, len(ACTION_NAMES)).load_state_dict(checkpoint["model"])
+    except Exception as error:  # missing or unexpected weights, wrong shapes: the first one named
+        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
+        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({' '.join(detail).strip()})")
+    if flag == "--resume":
+        if not {"optimizer", "iteration", "global_step", "rng", "banks", "run_name"} <= checkpoint.keys():
+            fail("holds the weights only, not the training state --resume needs (--eval-only --checkpoint reads it)")
+        if len(checkpoint["banks"]) != (2 if saved.agent == "memory-sf" else 1):
+            fail(f"holds {len(checkpoint['banks'])} banks, its {saved.agent} agent has another number")
+        num_iterations = max(1, saved.total_timesteps // (saved.num_envs * saved.trial_len))
+        if checkpoint["iteration"] >= num_iterations:
+            fail(f"is of a run that has finished (update {checkpoint['iteration']}/{num_iterations}): nothing to resume")
+    return checkpoint
+
+
+def resumed_args(args, checkpoint):
+    """The flags of a resumed run: the checkpoint's, but for RESUME_FREE, which come from the
+    command line. A flag given that would change the run stops the script with one line."""
+    saved = checkpoint_args(checkpoint)
+    given = tyro.cli(Args, default=saved)  # the command line again, with the checkpoint's flags as defaults
+    for name in (field.name for field in fields(Args)):
+        if name in RESUME_FREE:
+            setattr(saved, name, getattr(args, name))
+        elif getattr(given, name) != getattr(saved, name):
+            flag = f"--{name.replace('_', '-')}"
+            sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume} was made with {flag} "
+                     f"{getattr(saved, name)}, not {getattr(given, name)}; a resumed run keeps its flags")
+    return saved
+
+
+def training_state(args, run_name, agent, optimizer, banks, level_rng, iteration, global_step, wandb_id):
+    """Everything --resume needs to go on bit for bit, as tensors and plain values. The rooms hold
+    nothing across updates: every rollout resets each to its level (`set_levels`), and with domain
+    randomisation off miniworld's own RNG decides nothing."""
+    numpy_state = np.random.get_state()
+    rng = dict(python=random.getstate(), torch=torch.get_rng_state(), level=level_rng.bit_generator.state,
+               numpy=(numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+               cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return dict(script=CHECKPOINT_SCRIPT, format=CHECKPOINT_FORMAT, args=vars(args), run_name=run_name,
+                model=agent.state_dict(), optimizer=optimizer.state_dict(), iteration=iteration,
+                global_step=global_step, rng=rng, banks=[bank.state_dict() for bank in banks], wandb_id=wandb_id)
+
+
+def restore_training_state(checkpoint, agent, optimizer, banks, level_rng):
+    """Put a run back as `training_state` found it; returns the next update and the global step."""
+    agent.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    for bank, state in zip(banks, checkpoint["banks"]):
+        bank.load_state_dict(state)
+    rng = checkpoint["rng"]
+    random.setstate(rng["python"])
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    level_rng.bit_generator.state = rng["level"]
+    return checkpoint["iteration"] + 1, checkpoint["global_step"]
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM, without a traceback. While training the first lets the update in
+    progress finish, and the loop then checkpoints and exits; a second, or any one when not
+    `graceful` (--eval-only), stops at once with one line saying what is kept. Forked env workers
+    inherit the handler and leave the signal to the main process."""
+
+    def __init__(self, graceful, kept):
+        self.graceful, self.kept, self.received, self.pid = graceful, kept, None, os.getpid()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame):
+        if os.getpid() != self.pid:
+            return
+        name = signal.Signals(signum).name
+        if self.graceful and self.received is None:
+            self.received = signum
+            # os.write, not print: the signal may have come in the middle of a print
+            notice = f"\n{name}: stopping after the update in progress, with a checkpoint ({name} again: at once)\n"
+            os.write(1, notice.encode())
+            return
+        raise SystemExit(f"{os.path.basename(__file__)}: stopped by {name}; {self.kept}")
+
+
+class Checkpoints:
+    """When a training run writes its checkpoint: every `minutes` of wall time, when an update asks
+    (evaluations, the end), and before it stops early (--stop-after, SIGINT, SIGTERM)."""
+
+    def __init__(self, path, minutes, stop_after, kept):
+        self.path, self.interval, self.stop_after, self.saved_at = path, 60 * minutes, stop_after, time.time()
+        self.signals, self.stopped = StopSignals(graceful=True, kept=kept), None
+
+    def after_update(self, iteration, asked, state):
+        """Write the checkpoint if it is due (`state()` builds it); True when the run stops here."""
+        if self.signals.received is not None:
+            self.stopped = f"by {signal.Signals(self.signals.received).name}"
+        elif 0 < self.stop_after <= iteration:
+            self.stopped = "as --stop-after asks"
+        if asked or self.stopped or time.time() - self.saved_at >= self.interval:
+            save_checkpoint(self.path, state())
+            self.saved_at, self.signals.kept = time.time(), f"the last checkpoint is {self.path} (update {iteration})"
+        return self.stopped is not None
+
+    def last_line(self, iteration, num_iterations):
+        if self.stopped is None or iteration == num_iterations:
+            return f"checkpoint: {self.path}"
+        return (f"stopped {self.stopped} after update {iteration}/{num_iterations}; checkpoint: {self.path} "
+                f"(--resume {self.path} goes on)")
+
+    @property
+    def exit_code(self):
+        return 128 + self.signals.received if self.signals.received is not None else 0
+
+
+def stop_if_not_finite(agent, losses, iteration, kept):
+    """A NaN or infinite loss ends the run at once: its weights are not saved, the last good checkpoint stays."""
+    bad = [name for name, value in losses.items() if not math.isfinite(value)]
+    if bad or not all(torch.isfinite(parameter).all() for parameter in agent.parameters()):
+        what = f"loss became NaN or infinite ({', '.join(bad)})" if bad else "weights became NaN or infinite"
+        sys.exit(f"{os.path.basename(__file__)}: error: update {iteration}: the {what}; its weights are not saved, {kept}")
+
+
+def load_checkpoint(path, args, num_actions, device, checkpoint=None):
+    """Rebuild the agent the checkpoint was trained as; its architecture flags win. `checkpoint`:
+    the file already read by `read_checkpoint`."""
+    checkpoint = checkpoint or read_checkpoint(path)
+    for key in ARCHITECTURE:
+        if key in checkpoint["args"]:  # checkpoints older than a flag were made with its default
+            setattr(args, key, checkpoint["args"][key])
     agent = Agent(args, num_actions).to(device)
     agent.load_state_dict(checkpoint["model"])
     return agent
@@ -792,16 +1025,25 @@ def load_checkpoint(path, args, num_actions, device):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
+    # a checkpoint to evaluate or to go on from is read and checked before any work
+    saved = read_checkpoint(args.resume, "--resume") if args.resume else None
+    saved = read_checkpoint(args.checkpoint) if args.checkpoint else saved
+    if args.resume:
+        args = resumed_args(args, saved)
     require_gl()
     args.batch_size = args.num_envs * args.trial_len
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     run_name = f"miniworld__{args.exp_name}__{args.agent}__{args.seed}__{int(time.time())}"
+    run_name = saved["run_name"] if args.resume else run_name  # a resumed run goes on in its own directory
 
     # seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    # NaN logits reach the loss check after the update (one line, the last good checkpoint kept),
+    # not Categorical's argument check, which would stop inside the update with a traceback
+    torch.distributions.Distribution.set_default_validate_args(False)
     torch.set_num_threads(args.threads or os.cpu_count())
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     level_rng = np.random.default_rng(args.seed)
@@ -810,7 +1052,8 @@ if __name__ == "__main__":
     num_actions = len(ACTION_NAMES)
 
     if args.eval_only:
-        agent = load_checkpoint(args.checkpoint, args, num_actions, device)
+        agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
+        StopSignals(graceful=False, kept="the evaluation did not finish")  # before the env workers fork
         envs = MiniworldVector(level_sets, args.num_envs, args.num_workers, args.obs_size, args.trial_len)
         run_name = f"miniworld__{args.exp_name}__eval__{args.agent}__{int(time.time())}"
         writer = SummaryWriter(f"runs/{run_name}")
@@ -835,12 +1078,20 @@ if __name__ == "__main__":
             name=run_name,
             mode=wandb_mode(),
             save_code=True,
+            id=saved["wandb_id"] if args.resume else None,  # a resumed run goes on in the same W&B run
+            resume="allow",
         )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    wandb_id = wandb.run.id if args.track else None
+    # a resumed run writes on into its own log; what was logged after its checkpoint is purged
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=saved["global_step"] + 1 if args.resume else None)
+    if not args.resume:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+        )
+    checkpoint = f"runs/{run_name}/agent.pt"
+    kept = f"the checkpoint {args.resume} (update {saved['iteration']}) is kept" if args.resume else "no checkpoint yet"
+    checkpoints = Checkpoints(checkpoint, args.checkpoint_minutes, args.stop_after, kept)  # before the env workers fork
 
     envs = MiniworldVector(level_sets, args.num_envs, args.num_workers, args.obs_size, args.trial_len)
     obs_shape = (args.obs_size, args.obs_size, 3)
@@ -858,10 +1109,12 @@ if __name__ == "__main__":
     prev_actions_buf, prev_rewards_buf, starts_buf = torch.zeros(shape, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
     terminated_buf, truncated_buf, success_buf = (np.zeros(shape, bool) for _ in range(3))
 
-    checkpoint = f"runs/{run_name}/agent.pt"
-    global_step = 0
-    start_time = time.time()
-    for iteration in range(1, args.num_iterations + 1):
+    global_step, first_iteration = 0, 1
+    if args.resume:
+        first_iteration, global_step = restore_training_state(saved, agent, optimizer, banks, level_rng)
+        print(f"resumed from {args.resume} at update {first_iteration}/{args.num_iterations}")
+    start_time, start_step = time.time(), global_step
+    for iteration in range(first_iteration, args.num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
@@ -948,6 +1201,8 @@ if __name__ == "__main__":
                 optimizer.step()
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
+        losses = dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item())
+        stop_if_not_finite(agent, losses, iteration, checkpoints.signals.kept)
 
         y_pred, y_true = values_buf.flatten().numpy(), returns.flatten().numpy()
         var_y = np.var(y_true)
@@ -957,7 +1212,7 @@ if __name__ == "__main__":
         episodes_done = terminated_buf.sum() + truncated_buf.sum()
         train_success = success_buf.sum() / max(episodes_done, 1)
         trial_return = rewards_buf.sum(1).mean().item()
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/trial_return", trial_return, global_step)
         writer.add_scalar("charts/episode_success", train_success, global_step)
@@ -999,9 +1254,14 @@ if __name__ == "__main__":
             summary = summarize(result, NUM_BOXES)
             log_eval(writer, summary, global_step)
             print_table(summary, NUM_BOXES, f"evaluation at step {global_step} on {num_levels} held-out levels")
-            # written at every evaluation, so a long run that is stopped still leaves its agent
-            torch.save({"model": agent.state_dict(), "args": vars(args), "global_step": global_step}, checkpoint)
 
-    print(f"checkpoint: {checkpoint}")
+        # the checkpoint: every --checkpoint-minutes, at every evaluation, at the end, and before stopping early
+        evaluated = final or (args.eval_every and iteration % args.eval_every == 0)
+        if checkpoints.after_update(iteration, evaluated, lambda: training_state(
+                args, run_name, agent, optimizer, banks, level_rng, iteration, global_step, wandb_id)):
+            break
+
+    print(checkpoints.last_line(iteration, args.num_iterations))
     writer.close()
     envs.close()
+    sys.exit(checkpoints.exit_code)

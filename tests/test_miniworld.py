@@ -3,8 +3,10 @@ subprocess, as CleanRL tests its scripts. Headless (EGL); about 1.5 minutes on 2
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -233,6 +235,7 @@ def test_train_then_eval_only(agent, tmp_path):
         (["--mem-len", "0"], "--mem-len"),
         (["--eval-only", "--checkpoint", "/nonexistent/agent.pt"], "--checkpoint"),
         (["--norm-adv", "yes"], "--norm-adv"),
+        (["--num-envs", "-1"], "--num-envs must be positive"),
     ],
 )
 def test_bad_flags_give_one_line(flags, named):
@@ -252,3 +255,110 @@ def test_missing_gl_gives_one_line_saying_what_to_install(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "OpenGL" in lines[0] and "apt-get install libegl1" in lines[0], result.stderr
+
+
+# --- checkpoints: atomic, resumable bit for bit, checked before any work --------------------
+def test_bank_evicted_levels_counts_levels_not_evictions():
+    bank = mw.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=4 * 4 * 4 * 3)
+    for level in (0, 1, 0, 1):  # each add drops the other level: 3 evictions of 2 levels
+        bank.add(level, np.zeros((5, 4, 4, 3), np.uint8), np.zeros(5, np.int64), np.full(5, -1.0, np.float32))
+    assert bank.evicted_levels == 2 and set(bank.banks) == {1}
+
+
+def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path):
+    path = tmp_path / "agent.pt"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch, miniworld_failmem as mw\n"
+            "x = torch.zeros(2**25, dtype=torch.uint8)\n"
+            "for i in range(10**6):\n"
+            f"    x[0] = i % 256; mw.save_checkpoint({str(path)!r}, dict(i=i, x=x)); print(i, flush=True)\n")
+    saver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for line in saver.stdout:
+        if int(line) == 2:
+            break
+    time.sleep(0.02)  # inside the next save (one takes 30 to 100 ms here)
+    saver.kill()
+    saver.wait()
+    assert (tmp_path / "agent.pt.partial").exists()  # the kill did land inside a save
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["i"] in (2, 3, 4) and checkpoint["x"][0] == checkpoint["i"]
+
+
+RESUME = [*TINY, "--num-train-levels", "2", "--total-timesteps", "60", "--eval-every", "2", "--bank-ram-mb", "0.02"]
+
+
+def all_scalars(run_dir):
+    """Every logged scalar as (step, value) lists, but timings, which differ from run to run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"] if not tag.startswith(("perf/", "charts/SPS"))}
+
+
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """The memory agent, 2 env workers, a RAM bound that evicts: 3 updates straight against 1
+    update, a stop and --resume to 3 (in this process's envs: the workers hold nothing)."""
+    def run(*flags):
+        out = subprocess.run([sys.executable, SCRIPT, *RESUME, *flags], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    stopped = run("--exp-name", "resumed", "--stop-after", "1")
+    checkpoint = stopped.split("checkpoint: ")[-1].split()[0]
+    assert "stopped as --stop-after asks after update 1/3" in stopped
+    assert "resumed from" in run("--exp-name", "resumed", "--resume", checkpoint, "--num-workers", "0")
+    straight = run("--exp-name", "straight").split("checkpoint: ")[-1].split()[0]
+    mine, theirs = (torch.load(tmp_path / path, weights_only=True) for path in (checkpoint, straight))
+    assert all(torch.equal(mine["model"][key], theirs["model"][key]) for key in theirs["model"])
+    assert mine["iteration"] == theirs["iteration"] == 3 and mine["banks"][0]["evicted"].tolist()
+    logged, expected = (all_scalars(tmp_path / os.path.dirname(path)) for path in (checkpoint, straight))
+    assert logged.keys() == expected.keys() and "eval/mean_success" in logged
+    np.testing.assert_equal(logged, expected)
+
+    # an unusable checkpoint: one line naming it and what is wrong
+    saved = torch.load(tmp_path / checkpoint, weights_only=True)
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / checkpoint).read_bytes()[:4096])
+    torch.save(saved["model"], tmp_path / "bare.pt")
+    torch.save(dict(saved, script="grid_failmem.py"), tmp_path / "other.pt")
+    for name, flag, problem in [("truncated.pt", "--checkpoint", "damaged"), ("bare.pt", "--checkpoint", "bare state dict"),
+                                ("other.pt", "--resume", "written by grid_failmem.py"),
+                                (checkpoint, "--resume", "has finished")]:
+        with pytest.raises(SystemExit) as stop:
+            mw.read_checkpoint(str(tmp_path / name), flag)
+        message = str(stop.value.code)
+        assert message.startswith(f"miniworld_failmem.py: error: {flag} {tmp_path / name} ") and problem in message
+
+
+def test_ctrl_c_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the env workers leave
+    it to the main process, which finishes the update, checkpoints and exits with one line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, SCRIPT, *TINY, "--total-timesteps", "20000", "--eval-every", "0"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    for line in run.stdout:
+        if line.startswith("update 1/"):
+            break
+    os.killpg(run.pid, signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT after update ") and "/1000; checkpoint: runs/" in last
+    checkpoint = last.split("checkpoint: ")[1].split()[0]
+    assert mw.read_checkpoint(str(tmp_path / checkpoint), "--resume")["iteration"] >= 1
+
+
+@pytest.mark.parametrize("fields,name", [
+    (dict(num_envs=-1), "--num-envs must be positive"), (dict(ent_coef=-1), "--ent-coef"),
+    (dict(clip_coef=-0.5), "--clip-coef"), (dict(vf_coef=-1), "--vf-coef"), (dict(max_grad_norm=-1), "--max-grad-norm"),
+    (dict(target_kl=0.0), "--target-kl"), (dict(seed=-1), "--seed"), (dict(checkpoint="agent.pt"), "--checkpoint"),
+    (dict(eval_only=True, checkpoint=ROOT), f"--checkpoint {ROOT} is not a file"),
+    (dict(resume="missing.pt"), "--resume missing.pt does not exist"),
+])
+def test_bad_flag_value_is_named_in_one_line(fields, name):
+    with pytest.raises(SystemExit) as stop:
+        mw.check_args(mw.Args(**fields))
+    message = str(stop.value.code)
+    assert "\n" not in message and name in message and message.startswith("miniworld_failmem.py: error:")
