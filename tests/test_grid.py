@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -710,24 +709,31 @@ def test_bank_state_dict_keeps_trajectories_lru_order_and_counters():
             assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs))
 
 
-def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path):
-    """SIGKILL a process that does nothing but save a 32 MiB checkpoint over and over: whenever the
-    kill lands, the file holds the last complete save or the one after it."""
+@pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
+def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path, kill_at):
+    """A saver killed (SIGKILL, by itself, so the kill lands where the test says every time) inside
+    its third save, halfway through the bytes or just before the rename: the file still holds the
+    second save whole."""
     path = tmp_path / "agent.pt"
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import torch, grid_failmem as gf\n"
-            "x = torch.zeros(2**25, dtype=torch.uint8)\n"
-            "for i in range(10**6):\n"
-            f"    x[0] = i % 256; gf.save_checkpoint({str(path)!r}, dict(i=i, x=x)); print(i, flush=True)\n")
-    saver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    for line in saver.stdout:
-        if int(line) == 2:
-            break
-    time.sleep(0.02)  # inside the next save (one takes 30 to 100 ms here)
-    saver.kill()
-    saver.wait()
-    assert (tmp_path / "agent.pt.partial").exists()  # the kill did land inside a save
+    code = (f"import io, os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); import torch, grid_failmem as script\n"
+            "real_save = torch.save\n"
+            "def die(*_): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "def save_half(obj, f):\n"
+            "    buffer = io.BytesIO(); real_save(obj, buffer); data = buffer.getvalue()\n"
+            "    f.write(data[: len(data) // 2]); f.flush(); die()\n"
+            "for i in range(3):\n"
+            f"    if i == 2 and {kill_at!r} == 'mid-write': torch.save = save_half\n"
+            f"    if i == 2 and {kill_at!r} == 'before-rename': os.replace = die\n"
+            f"    script.save_checkpoint({str(path)!r}, dict(i=i, x=torch.full((2**16,), i)))\n")
+    saver = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert saver.returncode == -signal.SIGKILL, saver.stderr
+    partial = tmp_path / "agent.pt.partial"
+    assert partial.exists()  # the third save had begun
+    if kill_at == "mid-write":
+        with pytest.raises(Exception):
+            torch.load(partial, weights_only=True)
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["i"] in (2, 3, 4) and checkpoint["x"][0] == checkpoint["i"] and len(checkpoint["x"]) == 2**25
+    assert checkpoint["i"] == 1 and bool((checkpoint["x"] == 1).all()) and len(checkpoint["x"]) == 2**16
 
 
 RESUME = [*TINY, "--total-timesteps", "240", "--eval-every", "2", "--mem-update", "episode", "--bank-ram-mb", "0.001"]
