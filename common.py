@@ -39,7 +39,7 @@ class ResidualBlock(nn.Module):
 class ImpalaCNN(nn.Module):
     """IMPALA CNN (Appendix A): per stage conv3x3, maxpool 3 stride 2, `blocks` residual blocks
     (IMPALA: 2); then flatten, FC `out_dim`, ReLU. Takes uint8 frames (..., H, W, 3), scales
-    them to [0, 1]. Smaller `channels` and `blocks` give the same shape of encoder for less."""
+    them to [-0.5, 0.5]. Smaller `channels` and `blocks` give the same shape of encoder for less."""
 
     def __init__(self, obs_size=64, in_channels=3, channels=(16, 32, 32), out_dim=256, blocks=2):
         super().__init__()
@@ -58,7 +58,9 @@ class ImpalaCNN(nn.Module):
 
     def forward(self, frames):
         lead = frames.shape[:-3]
-        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
+        # centred, so that the convs' zero padding reads as grey: in [0, 1] it read as black, the
+        # gridworld agent's colour (L1 training success at 150k steps: 0.98 vs. 0.73, docs/grid_ladder_L1_centre.md)
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0 - 0.5
         x = F.relu(self.stages(x)).flatten(1)
         return F.relu(self.fc(x)).reshape(*lead, -1)
 

@@ -63,19 +63,23 @@ def test_impala_output_shape(obs_size, final_size):
     torch.testing.assert_close(single, out[1, 2], atol=1e-5, rtol=1e-5)
 
 
-def test_impala_scales_uint8_to_unit_interval():
+def test_impala_scales_uint8_to_centred_interval():
+    """uint8 0..255 -> [-0.5, 0.5]: black is -0.5, so the convs' zero padding is not black."""
     cnn = ImpalaCNN(obs_size=16)
     frames = random_frames(2, 3, size=16)
+    first_conv_input = []
+    cnn.stages[0].register_forward_hook(lambda module, inputs, output: first_conv_input.append(inputs[0]))
     with torch.no_grad():
         out = cnn(frames)
-        x = frames.reshape(-1, 16, 16, 3).float() / 255.0
-        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        h = F.relu(cnn.stages(x)).flatten(1)
-        expected = F.relu(cnn.fc(h)).reshape(2, 3, -1)
-        # the same pipeline without the /255 gives something else: the check can fail
-        unscaled = F.relu(cnn.fc(F.relu(cnn.stages(x * 255.0)).flatten(1))).reshape(2, 3, -1)
+        x = frames.reshape(-1, 16, 16, 3).float().permute(0, 3, 1, 2) / 255.0 - 0.5  # NHWC -> NCHW
+        expected = F.relu(cnn.fc(F.relu(cnn.stages(x)).flatten(1))).reshape(2, 3, -1)
+        # the same pipeline on [0, 1] gives something else: the check can fail
+        uncentred = F.relu(cnn.fc(F.relu(cnn.stages(x + 0.5)).flatten(1))).reshape(2, 3, -1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(out, unscaled, atol=1e-3)
+    assert not torch.allclose(out, uncentred, atol=1e-3)
+    with torch.no_grad():
+        cnn(torch.tensor([[[[0, 255, 0]]]], dtype=torch.uint8).expand(1, 16, 16, 3))
+    assert first_conv_input[-1].amin() == -0.5 and first_conv_input[-1].amax() == 0.5
 
 
 def test_impala_structure_matches_design():
