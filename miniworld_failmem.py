@@ -1025,6 +1025,7 @@ def load_checkpoint(path, args, num_actions, device, checkpoint=None):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
+    StopSignals(graceful=False, kept="nothing was trained yet")  # Ctrl-C while starting up: one line, no traceback
     # a checkpoint to evaluate or to go on from is read and checked before any work
     saved = read_checkpoint(args.resume, "--resume") if args.resume else None
     saved = read_checkpoint(args.checkpoint) if args.checkpoint else saved

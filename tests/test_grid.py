@@ -849,3 +849,15 @@ def test_sigint_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_pa
     assert last.startswith("stopped by SIGINT after update ") and "/1000; checkpoint: runs/" in last
     checkpoint = last.split("checkpoint: ")[1].split()[0]
     assert gf.read_checkpoint(str(tmp_path / checkpoint), "--resume")["iteration"] >= 1
+
+
+def test_a_signal_before_training_stops_with_one_line(tmp_path):
+    """What the script installs right after checking its flags: Ctrl-C or SIGTERM while it starts up
+    (reading a checkpoint, W&B, building the agent) ends it with one line, not a traceback."""
+    code = (f"import os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); import grid_failmem as gf\n"
+            "gf.StopSignals(graceful=False, kept='nothing was trained yet')\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print('not stopped')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip().splitlines() == ["grid_failmem.py: stopped by SIGTERM; nothing was trained yet"]
