@@ -77,8 +77,9 @@ def lever_flags(lever):
     return [flag for part in lever.split("+") for flag in LEVERS[part]]
 
 
-def exp_name(rung, lever):
-    return f"ladder_{rung}_{lever.replace('+', '_')}"
+def exp_name(rung, lever, name=None):
+    """Runs of a doc `name` are kept apart from the same lever's runs for other docs (other budgets or flags)."""
+    return f"ladder_{rung}_{name + '_' if name else ''}{lever.replace('+', '_')}"
 
 
 def main():
@@ -101,8 +102,8 @@ def main():
     rung_flags = RUNGS[args.rung][0]
     if not args.plot_only:
         launch([([sys.executable, str(ROOT / "grid_failmem.py"), *rung_flags, "--seed", str(seed), "--exp-name",
-                  exp_name(args.rung, lever), "--threads", "1", "--total-timesteps", str(args.total_timesteps),
-                  *args.extra, *lever_flags(lever)], f"grid_{exp_name(args.rung, lever)}_{seed}.log")
+                  exp_name(args.rung, lever, args.name), "--threads", "1", "--total-timesteps", str(args.total_timesteps),
+                  *args.extra, *lever_flags(lever)], f"grid_{exp_name(args.rung, lever, args.name)}_{seed}.log")
                 for seed in args.seeds for lever in args.levers], args.parallel)
     plot(args)
 
@@ -112,7 +113,9 @@ def runs_of(args, lever):
     been run for other budgets: the last logged step tells them apart)."""
     found = []
     for seed in args.seeds:
-        runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
+        runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever, args.name)}__*__{seed}__*")))
+        # runs from before the doc name was part of the run's name
+        runs = runs or sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
         runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < 80 * 48]
         if runs:
             found.append(runs[-1])

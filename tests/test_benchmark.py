@@ -64,3 +64,12 @@ def test_write_doc_keeps_the_hand_written_reading(tmp_path):
     doc.write_text(doc.read_text() + "## Reading (written by hand)\n\n- what the runs show\n")
     write_doc(doc, "# table v2\n")  # a redraw replaces the table and keeps the reading
     assert doc.read_text() == "# table v2\n## Reading (written by hand)\n\n- what the runs show\n"
+
+
+def test_ladder_levers_join_in_order_and_runs_of_each_doc_keep_apart():
+    import grid_ladder
+
+    assert grid_ladder.lever_flags("lr1e-3+epochs8") == ["--learning-rate", "1e-3", "--update-epochs", "8"]
+    assert grid_ladder.lever_flags("epochs8+epochs16")[-1] == "16"  # a later lever wins
+    names = {grid_ladder.exp_name("L3", "memory", name) for name in (None, "w8", "w16")}
+    assert len(names) == 3 and grid_ladder.exp_name("L1", "a+b") == "ladder_L1_a_b"
