@@ -1208,11 +1208,12 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     level_rng = np.random.default_rng(args.seed)
 
-    test_levels = make_levels("test", args.num_test_levels, args.grid_size, args.num_blocks)
     num_actions = len(MOVES)
+    if args.eval_only:  # the checkpoint's grid and network flags win over the command line's
+        agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
+    test_levels = make_levels("test", args.num_test_levels, args.grid_size, args.num_blocks)
 
     if args.eval_only:
-        agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
         StopSignals(graceful=False, kept="the evaluation did not finish")
         run_name = f"grid__{args.exp_name}__eval__{args.agent}__{int(time.time())}"
         writer = SummaryWriter(f"runs/{run_name}")

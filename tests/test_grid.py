@@ -861,3 +861,15 @@ def test_a_signal_before_training_stops_with_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 1 and not out.stdout
     assert out.stderr.strip().splitlines() == ["grid_failmem.py: stopped by SIGTERM; nothing was trained yet"]
+
+
+def test_eval_only_takes_the_grid_of_the_checkpoint(tmp_path):
+    """A checkpoint trained on an 8 x 8 grid with 2 blocks is evaluated on 8 x 8 levels with 2 blocks
+    when --eval-only is given no grid flags (it drew 16 x 16 levels and failed with an IndexError)."""
+    out = run_script(*TINY, "--grid-size", "8", "--num-blocks", "2", "--agent", "ppo-finetune", "--eval-every", "0",
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [checkpoint] = glob.glob(str(tmp_path / "runs" / "*" / "agent.pt"))
+    out = run_script("--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "3", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 held-out levels" in out.stdout and "0.500" in out.stdout  # Bayes-optimal, episode 1 of 2 blocks
