@@ -67,7 +67,12 @@ LEVERS = {  # name -> flags added to grid_failmem.py's defaults
     "ent0.01": ["--ent-coef", "0.01"],
     "levels200": ["--num-train-levels", "200"],
     "levels5000": ["--num-train-levels", "5000"],
+    "levels40000": ["--num-train-levels", "40000"],
     "memory": ["--agent", "memory"],
+    "mem-episode": ["--mem-update", "episode"],
+    "lr2.5e-4": ["--learning-rate", "2.5e-4"],
+    "target-kl0.02": ["--target-kl", "0.02"],
+    "trial-history": ["--test-history", "trial"],
     "snail": ["--agent", "snail"],
 }
 
@@ -93,6 +98,8 @@ def main():
     parser.add_argument("--name", help="suffix of the docs files (default: none), to keep several lever sets of a rung")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--plot-only", action="store_true", help="only read existing runs/ and plot")
+    parser.add_argument("--stopped", action="store_true",
+                        help="also plot runs stopped before --total-timesteps (the table's 'steps run' says how far)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags passed to every run (before the lever's)")
     args = parser.parse_args()
     args.extra = [x for x in args.extra if x != "--"]
@@ -116,7 +123,8 @@ def runs_of(args, lever):
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever, args.name)}__*__{seed}__*")))
         # runs from before the doc name was part of the run's name
         runs = runs or sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
-        runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < 80 * 48]
+        short_by = args.total_timesteps if args.stopped else 80 * 48  # at most one update short, or any
+        runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < short_by]
         if runs:
             found.append(runs[-1])
     return found
@@ -125,6 +133,12 @@ def runs_of(args, lever):
 def last_step(run):
     steps, _ = scalars(run, "charts/episode_success")
     return steps[-1] if len(steps) else -1
+
+
+def last_per_episode(run):
+    """Held-out success of test episodes 1, 2, ... at the run's last evaluation."""
+    values = [scalars(run, f"eval/success_ep{k}")[1] for k in range(1, 6)]
+    return [v[-1] for v in values if len(v)]
 
 
 def first_reach(steps, values, goal):
@@ -143,7 +157,8 @@ def plot(args):
     fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
     what = "held-out mean success" if heldout else "training episode success (mean of 10 updates)"
     table = [f"| lever | flags | seeds | steps run | SPS | steps to {goal} {what}, per seed | steps to {goal / 2:g}, per seed | "
-             "training success, last 10 updates | held-out mean success, last evaluation |", "|---|---|---|---|---|---|---|---|---|"]
+             "training success, last 10 updates | held-out mean success, last evaluation | held-out success of test "
+             "episodes 1..5, last evaluation (mean over seeds) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for lever in args.levers:
         runs = runs_of(args, lever)
         train = [(s[9:], smooth(v)) for s, v in (scalars(r, "charts/episode_success") for r in runs) if len(v) >= 10]
@@ -172,7 +187,8 @@ def plot(args):
             f"{sps:,.0f} | {', '.join('-' if x is None else f'{x:,}' for x in reach)} | "
             f"{', '.join('-' if x is None else f'{x:,}' for x in half)} | "
             f"{np.mean([scalars(r, 'charts/episode_success')[1][-10:].mean() for r in runs]):.3f} | "
-            + (f"{np.mean(last_eval):.3f} ± {np.std(last_eval):.3f}" if last_eval else "-") + " |")
+            + (f"{np.mean(last_eval):.3f} ± {np.std(last_eval):.3f}" if last_eval else "-") + " | "
+            + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(last_per_episode(r) for r in runs))) + " |")
     axes[0].set(title="training episode success vs. steps", xlabel="env steps", ylabel="success (mean of 10 updates)")
     axes[1].set(title="... vs. minutes (mean over seeds)", xlabel="minutes")
     if heldout:
@@ -182,6 +198,8 @@ def plot(args):
         axes[0].axhline(goal, color="grey", ls="--", lw=1)
     if budget:
         axes[0 if not heldout else 2].axvline(budget, color="grey", ls=":", lw=1)
+    for ax in axes[[0, 2] if heldout else [0]]:
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e3:g}k"))
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -191,7 +209,8 @@ def plot(args):
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
     command = (f"python benchmark/grid_ladder.py --rung {args.rung} --seeds {' '.join(map(str, args.seeds))} "
                f"--total-timesteps {args.total_timesteps} --levers {' '.join(args.levers)}"
-               + (f" --name {args.name}" if args.name else "") + (" -- " + " ".join(args.extra) if args.extra else ""))
+               + (f" --name {args.name}" if args.name else "") + (" --stopped" if args.stopped else "")
+               + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# Gridworld ladder {args.rung}", "", f"Made by `{command}` on {machine()}.", "",
             ("Rungs, each" + __doc__.split("Rungs, each")[1].split("A lever is")[0]).rstrip().split("\n"),
             "", f"Every run: `{' '.join(RUNGS[args.rung][0])}` and the lever's flags on grid_failmem.py's defaults; one "
