@@ -79,10 +79,17 @@ class DenseTCBlock(nn.Module):
             self.convs.append(nn.Conv1d(in_dim + i * filters, 2 * filters, kernel_size=2))
         self.out_dim = in_dim + len(self.dilations) * filters
 
-    def forward(self, x):  # (B, T, D) -> (B, T, out_dim)
+    def forward(self, x, episode_begin=None):  # (B, T, D) -> (B, T, out_dim)
+        """`episode_begin` (B, T): where the sequence of each position began; a layer looking
+        d steps back from t sees zeros before it, as `step` does after `restart`."""
         h = x.transpose(1, 2)
+        positions = torch.arange(x.shape[1], device=x.device)
         for conv, d in zip(self.convs, self.dilations):
-            out = F.conv1d(F.pad(h, (d, 0)), conv.weight, conv.bias, dilation=d)
+            if episode_begin is None:
+                out = F.conv1d(F.pad(h, (d, 0)), conv.weight, conv.bias, dilation=d)
+            else:  # the kernel's two taps apart, the one d steps back cut at the sequence's start
+                past = F.pad(h, (d, 0))[..., : h.shape[-1]] * (positions - d >= episode_begin)[:, None, :]
+                out = F.conv1d(past, conv.weight[..., :1], conv.bias) + F.conv1d(h, conv.weight[..., 1:])
             f, g = out.chunk(2, dim=1)
             h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=1)
         return h.transpose(1, 2)
@@ -160,9 +167,18 @@ class SNAIL(nn.Module):
             in_dim = self.layers[-1].out_dim
         self.out = layer_init(nn.Linear(in_dim, out_dim))
 
-    def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
+    def forward(self, x, episode_starts=None):  # (B, T, in_dim) -> (B, T, out_dim)
+        """`episode_starts` (B, T), 1 where a new sequence begins: each position then sees only
+        its own sequence, as `step` with `restart` at those positions."""
+        if episode_starts is None:
+            for layer in self.layers:
+                x = layer(x)
+            return F.relu(self.out(x))
+        positions = torch.arange(x.shape[1], device=x.device)
+        begin = (positions * (episode_starts > 0)).cummax(1).values  # (B, T) where t's sequence began
+        same_sequence = positions[None, None, :] >= begin[:, :, None]  # (B, T, T): key s after t's begin
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, begin) if isinstance(layer, DenseTCBlock) else layer(x, same_sequence)
         return F.relu(self.out(x))
 
     def init_cache(self, batch_size, max_len, device=None):

@@ -102,6 +102,10 @@ class Args:
     """L: last steps of a failed episode that are stored"""
     mem_update: str = "trial"
     """when training episodes enter the bank: trial (at the trial's end, the paper) or episode (as each ends, as at test)"""
+    train_history: str = "trial"
+    """what the memory agents' SNAIL sees in training: trial (every step of the trial so far, Sec. 2.3)
+    or episode (the current episode; earlier episodes reach the policy through the bank only, as
+    at test with --test-history episode; with --mem-update episode the bank fills within the trial)"""
     bank_ram_mb: float = 2048.0
     """bound on the banks' frames in MiB; past it the least recently used level's bank is dropped"""
 
@@ -239,6 +243,14 @@ def check_args(args):
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
         (args.eval_envs < 1, f"--eval-envs must be positive, got {args.eval_envs}"),
+        (
+            args.train_history not in ("episode", "trial"),
+            f"--train-history must be trial or episode, got {args.train_history!r}",
+        ),
+        (
+            args.train_history == "episode" and args.agent not in ("memory", "memory-sf", "memory-sf-mix"),
+            f"--train-history episode needs a memory agent (its bank carries the earlier episodes), got --agent {args.agent}",
+        ),
         (
             args.test_history not in ("episode", "trial"),
             f"--test-history must be episode or trial, got {args.test_history!r}",
@@ -613,6 +625,7 @@ class Agent(nn.Module):
         self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
         self.trial_len, self.time_aware = args.trial_len, args.time_aware_value
+        self.episode_history = args.train_history == "episode"
         self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
 
     def embed_memory(self, bank, reader=0):
@@ -707,7 +720,8 @@ class Agent(nn.Module):
             x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
             if self.prefix_len:
                 x = torch.cat([self.memory_prefix(banks[0]), x], 1)
-            trial_features = self.snail(x)[:, self.prefix_len :]
+            # --train-history episode: SNAIL restarts at each episode (the rollout calls `restart`)
+            trial_features = self.snail(x, episode_starts if self.episode_history else None)[:, self.prefix_len :]
         # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
         memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
         logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
@@ -1309,6 +1323,8 @@ if __name__ == "__main__":
                 prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
                 done = terminated | truncated
                 starts = torch.from_numpy(done.astype(np.float32))
+                if agent.episode_history and done.any() and t + 1 < args.trial_len:
+                    agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done), device=device), t + 1)
                 if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step
                     for env in np.flatnonzero(done):
                         index = bank_for(args.agent, info["success"][env])

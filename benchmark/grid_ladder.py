@@ -73,6 +73,7 @@ LEVERS = {  # name -> flags added to grid_failmem.py's defaults
     "lr2.5e-4": ["--learning-rate", "2.5e-4"],
     "target-kl0.02": ["--target-kl", "0.02"],
     "trial-history": ["--test-history", "trial"],
+    "ep-history": ["--train-history", "episode"],
     "snail": ["--agent", "snail"],
 }
 

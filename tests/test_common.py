@@ -558,6 +558,36 @@ def test_snail_restart_equals_a_fresh_sequence(blocks):
     assert not torch.allclose(outputs[0, s:], snail(x[:1])[0, s:], atol=1e-3)  # the restart changed row 0
 
 
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_snail_over_episodes_equals_each_episode_alone_and_its_steps(blocks):
+    """Training history 'episode': `forward(x, episode_starts)` gives every episode the outputs of
+    a sequence of its own, and the same numbers as `step` with `restart` at each episode start."""
+    snail = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=blocks)
+    T = 30
+    x = torch.randn(2, T, IN_DIM)
+    starts = torch.zeros(2, T)
+    starts[:, 0] = 1
+    starts[0, [5, 6, 20]] = 1  # a one-step episode among them
+    starts[1, 13] = 1
+    with torch.no_grad():
+        whole = snail(x, starts)
+        cache = snail.init_cache(2, T)
+        stepped = []
+        for t in range(T):
+            rows = torch.nonzero(starts[:, t]).flatten()
+            if t and len(rows):
+                snail.restart(cache, rows, t)
+            stepped.append(snail.step(x[:, t], cache, t))
+        stepped = torch.stack(stepped, 1)
+        for row, bounds in ((0, [0, 5, 6, 20, T]), (1, [0, 13, T])):
+            for begin, end in zip(bounds[:-1], bounds[1:]):
+                alone = snail(x[row : row + 1, begin:end])[0]
+                torch.testing.assert_close(whole[row, begin:end], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole, stepped, atol=1e-5, rtol=1e-5)
+    # and without episode starts the history crosses them
+    assert not torch.allclose(whole[0, 20:], snail(x)[0, 20:], atol=1e-3)
+
+
 def test_snail_blocks_and_impala_blocks_set_the_sizes():
     """--snail-blocks: pairs of (TC, attention); --cnn-blocks: residual blocks per stage."""
     assert len(SNAIL(IN_DIM, 12, filters=4, blocks=1).layers) == 2

@@ -322,6 +322,43 @@ def test_step_mode_matches_whole_trial(agent_name, time_aware):
             assert torch.allclose(v, value[:, t], atol=1e-5)
 
 
+def test_episode_history_steps_match_whole_trial_and_hide_earlier_episodes():
+    """--train-history episode: the update's whole trials give the rollout's numbers when the rollout
+    restarts SNAIL at each episode, and a step's output does not depend on an earlier episode."""
+    torch.manual_seed(0)
+    agent = gf.Agent(small_args(agent="memory", train_history="episode"), 4)
+    B, T = 2, 12
+    frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
+    prev_actions, prev_rewards = torch.randint(0, 4, (B, T)), torch.randn(B, T)
+    starts = torch.zeros(B, T)
+    starts[:, 0], starts[0, 5], starts[1, 3], starts[1, 4] = 1, 1, 1, 1
+    bank = [torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8), torch.randint(0, 4, (B, 3, 4)),
+            torch.randn(B, 3, 4), torch.ones(B, 3, 4, dtype=torch.bool), torch.ones(B, T, 3, dtype=torch.bool)]
+    actions = torch.randint(0, 4, (B, T))
+    with torch.no_grad():
+        _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, [bank], actions)
+        cache, memories = agent.begin_trial([bank], B, T)
+        for t in range(T):
+            rows = torch.nonzero(starts[:, t]).flatten()
+            if t and len(rows):
+                agent.snail.restart(cache, rows, t)
+            logits, v = agent.step(frames[:, t], prev_actions[:, t], prev_rewards[:, t], starts[:, t], (cache, memories), t)
+            torch.testing.assert_close(torch.log_softmax(logits, -1).gather(1, actions[:, t : t + 1])[:, 0], logprob[:, t],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v, value[:, t], atol=1e-5, rtol=1e-5)
+        other = frames.clone()
+        other[0, :5] = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8)  # env 0's first episode
+        # the values (the actor starts near uniform, so its log-probs barely move)
+        changed = agent.get_action_and_value(other, prev_actions, prev_rewards, starts, [bank], actions)[3]
+        torch.testing.assert_close(changed[0, 5:], value[0, 5:])
+        assert not torch.allclose(changed[0, :5], value[0, :5], atol=1e-4)
+        trial = gf.Agent(small_args(agent="memory"), 4)
+        trial.load_state_dict(agent.state_dict())
+        seen = trial.get_action_and_value(other, prev_actions, prev_rewards, starts, [bank], actions)[3]
+        before = trial.get_action_and_value(frames, prev_actions, prev_rewards, starts, [bank], actions)[3]
+        assert not torch.allclose(seen[0, 5:], before[0, 5:], atol=1e-4)  # with the trial's history it does depend on it
+
+
 @pytest.mark.parametrize("time_aware", [False, True])
 def test_time_aware_critic_sees_the_step_and_the_actor_does_not(time_aware):
     torch.manual_seed(0)
@@ -588,10 +625,10 @@ def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     assert "bayes-optimal" in out.stdout and "3 held-out levels" in out.stdout
 
 
-@pytest.mark.parametrize("mem_update", ["trial", "episode"])
-def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, tmp_path):
+@pytest.mark.parametrize("mem_update, train_history", [("trial", "trial"), ("episode", "trial"), ("episode", "episode")])
+def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, train_history, tmp_path):
     flags = [*TINY, "--update-epochs", "1", "--trials-per-minibatch", "4", "--eval-every", "0", "--seed", "7",
-             "--mem-update", mem_update]
+             "--mem-update", mem_update, "--train-history", train_history]
     runs = []
     for name in ("a", "b"):
         assert run_script(*flags, "--exp-name", name, cwd=tmp_path).returncode == 0
@@ -622,6 +659,8 @@ BAD_FLAGS = [
     (dict(num_blocks=-1), "--num-blocks"),
     (dict(obs_size=20), "--obs-size"),
     (dict(mem_len=81), "--mem-len"),
+    (dict(train_history="all"), "--train-history"),
+    (dict(train_history="episode", agent="snail"), "--train-history"),
     (dict(mem_len=0), "--mem-len"),
     (dict(mem_size=-8), "--mem-size"),
     (dict(num_envs=0), "--num-envs"),
