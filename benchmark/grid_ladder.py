@@ -142,6 +142,20 @@ def last_per_episode(run):
     return [v[-1] for v in values if len(v)]
 
 
+def episode_rise(per_episode):
+    """Memory's signature on held-out levels: success of test episodes 2..5 minus episode 1, averaged
+    over a run's evaluations (rows of `per_episode`, one column per test episode): one evaluation
+    of 100 levels is too noisy to show it."""
+    per_episode = np.asarray(per_episode, float)
+    return float((per_episode[:, 1:].mean(1) - per_episode[:, 0]).mean())
+
+
+def all_per_episode(run):
+    """Held-out success of test episodes 1..5 at each of a run's evaluations, (evaluations, 5)."""
+    values = [scalars(run, f"eval/success_ep{k}")[1] for k in range(1, 6)]
+    return np.stack(values, 1) if all(len(v) for v in values) else np.zeros((0, 5))
+
+
 def first_reach(steps, values, goal):
     reached = np.flatnonzero(values >= goal)
     return int(steps[reached[0]]) if len(reached) else None
@@ -159,7 +173,9 @@ def plot(args):
     what = "held-out mean success" if heldout else "training episode success (mean of 10 updates)"
     table = [f"| lever | flags | seeds | steps run | SPS | steps to {goal} {what}, per seed | steps to {goal / 2:g}, per seed | "
              "training success, last 10 updates | held-out mean success, last evaluation | held-out success of test "
-             "episodes 1..5, last evaluation (mean over seeds) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "episodes 1..5, last evaluation (mean over seeds) |"
+             + (" held-out success of episodes 2..5 minus episode 1, mean over the evaluations after the first, per seed |"
+                if heldout else ""), "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if heldout else "")]
     for lever in args.levers:
         runs = runs_of(args, lever)
         train = [(s[9:], smooth(v)) for s, v in (scalars(r, "charts/episode_success") for r in runs) if len(v) >= 10]
@@ -189,7 +205,9 @@ def plot(args):
             f"{', '.join('-' if x is None else f'{x:,}' for x in half)} | "
             f"{np.mean([scalars(r, 'charts/episode_success')[1][-10:].mean() for r in runs]):.3f} | "
             + (f"{np.mean(last_eval):.3f} ± {np.std(last_eval):.3f}" if last_eval else "-") + " | "
-            + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(last_per_episode(r) for r in runs))) + " |")
+            + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(last_per_episode(r) for r in runs))) + " |"
+            + (" " + ", ".join(f"{episode_rise(all_per_episode(r)[1:]):+.3f}" if len(all_per_episode(r)) > 1 else "-"
+                               for r in runs) + " |" if heldout else ""))
     axes[0].set(title="training episode success vs. steps", xlabel="env steps", ylabel="success (mean of 10 updates)")
     axes[1].set(title="... vs. minutes (mean over seeds)", xlabel="minutes")
     if heldout:

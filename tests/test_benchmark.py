@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
 from learning import mean_and_spread, on_common_minutes, smooth  # noqa: E402
@@ -73,3 +74,11 @@ def test_ladder_levers_join_in_order_and_runs_of_each_doc_keep_apart():
     assert grid_ladder.lever_flags("epochs8+epochs16")[-1] == "16"  # a later lever wins
     names = {grid_ladder.exp_name("L3", "memory", name) for name in (None, "w8", "w16")}
     assert len(names) == 3 and grid_ladder.exp_name("L1", "a+b") == "ladder_L1_a_b"
+
+
+def test_episode_rise_is_later_episodes_minus_the_first_averaged_over_evaluations():
+    import grid_ladder
+
+    evaluations = [[0.1, 0.3, 0.3, 0.3, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2], [0.3, 0.1, 0.2, 0.3, 0.0]]
+    assert grid_ladder.episode_rise(evaluations) == pytest.approx((0.2 + 0.0 - 0.15) / 3)
+    assert grid_ladder.episode_rise([[0.3] * 5]) == 0.0
