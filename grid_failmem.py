@@ -555,6 +555,15 @@ def ended_episodes(terminated, truncated, success):
                 start = t + 1
 
 
+def first_episode_success(terminated, truncated, success):
+    """Success of each trial's first episode, the one played with no news of the level in the trial
+    (what test episode 1 measures; later training episodes weigh a found goal repeated many times);
+    a trial whose first episode was cut off by its end counts as a failure."""
+    ended = terminated | truncated
+    first = ended.argmax(1)
+    return float((ended.any(1) & success[np.arange(len(first)), first]).mean())
+
+
 def bank_for(agent_name, succeeded):
     """The bank an episode enters, or None. Sec. 2: failures; Sec. 3.4: memory-sf keeps successes
     in a second bank, memory-sf-mix keeps both in one; snail has no bank."""
@@ -1375,6 +1384,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/trial_return", trial_return, global_step)
         writer.add_scalar("charts/episode_success", train_success, global_step)
         writer.add_scalar("charts/episodes_per_trial", episodes_done / args.num_envs, global_step)
+        writer.add_scalar("charts/first_episode_success", first_episode_success(terminated_buf, truncated_buf, success_buf),
+                          global_step)
         # the other two endings: a wrong object (reward -1) or the step limit
         writer.add_scalar("charts/episode_wrong_touch", (rewards_buf < 0).sum().item() / max(episodes_done, 1), global_step)
         writer.add_scalar("charts/SPS", sps, global_step)

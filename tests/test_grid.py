@@ -212,6 +212,9 @@ def test_ended_episodes_and_cut_off_ones():
     truncated[0, 8] = True
     episodes = list(gf.ended_episodes(terminated, truncated, success))
     assert episodes == [(0, 0, 3, False), (0, 3, 6, True), (0, 6, 9, False)]
+    assert gf.first_episode_success(terminated, truncated, success) == 0.0  # env 0 failed first, env 1 never ended
+    success[0, 2] = True  # now env 0's first episode is a success; env 1 still counts as a failure
+    assert gf.first_episode_success(terminated, truncated, success) == 0.5
 
 
 def banks_for(agent_name, mem_size=2):
@@ -615,6 +618,8 @@ def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     assert glob.glob(run_dir + "/events.out.tfevents.*")
     assert len(scalars(run_dir, "losses/value_loss")) == 2
     assert len(scalars(run_dir, "eval/mean_success")) == 2
+    assert all(0 <= x <= 1 for x in scalars(run_dir, "charts/first_episode_success"))
+    assert len(scalars(run_dir, "charts/first_episode_success")) == 2
     assert scalars(run_dir, "memory/bank_trajectories")[-1] <= 2 * 3  # 2 levels, N = 3
     assert len(glob.glob(str(tmp_path / "videos" / "*" / "*.gif"))) == 2
     checkpoint = Path(run_dir) / "agent.pt"
