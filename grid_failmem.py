@@ -178,6 +178,10 @@ class Args:
     test_history: str = "episode"
     """what the memory agents' SNAIL sees at test: episode (the current episode; earlier failures
     reach it through the bank only, Sec. 3.1.2) or trial (all 5 episodes, as SNAIL's baseline does)"""
+    eval_sample: bool = False
+    """sample the test actions from the policy (seeded by --seed) instead of taking the most likely
+    one; greedy is the default (DESIGN.md), but a memoryless greedy policy that comes back to a cell
+    loops there until the step limit"""
     eval_envs: int = 250
     """held-out levels run side by side in an evaluation (RAM: 3.6 GB peak at 250, 1.4 GB at 100)"""
 
@@ -805,7 +809,7 @@ def ppo_update(agent, optimizer, args, batch, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation (Sec. 3.1.2): held-out levels, empty bank, 5 greedy episodes, failures stored as
+# Evaluation (Sec. 3.1.2): held-out levels, empty bank, 5 greedy episodes (--eval-sample: sampled), failures stored as
 # they happen; success of episode k, mean return and the error modes of Fig. 3c/d
 # ---------------------------------------------------------------------------------------------
 ERROR_MODES = ("success", "fail_hit_end_diff", "fail_hit_end_same", "no_hit")
@@ -826,16 +830,29 @@ def bayes_optimal(num_blocks, episodes):
     return [min(k, num_blocks) / num_blocks for k in range(1, episodes + 1)]
 
 
+def test_actions(logits, generator=None):
+    """The most likely action, or with a generator (--eval-sample) one drawn from the policy."""
+    if generator is None:
+        return logits.argmax(-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def test_generator(args, device):
+    """Each evaluation draws the same stream, apart from training's RNG, so that it does not move
+    a run's training (or a resumed run's)."""
+    return torch.Generator(device=device).manual_seed(args.seed) if args.eval_sample else None
+
+
 @torch.no_grad()
 def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
-    """Run `eval_episodes` greedy episodes on each level; returns per-level arrays."""
+    """Run `eval_episodes` greedy (or --eval-sample: sampled) episodes on each level; returns per-level arrays."""
     if agent.memoryless:
         return evaluate_finetune(agent, args, test_levels, level_ids, device, video_path)
     episodes, limit = args.eval_episodes, args.trial_len
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
     returns = np.zeros(len(level_ids))
-    video_frames = []
+    video_frames, generator = [], test_generator(args, device)
     for chunk_start in range(0, len(level_ids), args.eval_envs):
         chunk = level_ids[chunk_start : chunk_start + args.eval_envs]
         rows = np.arange(len(chunk))
@@ -855,7 +872,7 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
         for t in range(episodes * limit):
             obs = torch.as_tensor(frames, device=device)
             logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
-            actions = logits.argmax(-1).cpu().numpy()
+            actions = test_actions(logits, generator).cpu().numpy()
             if video_path is not None and chunk_start == 0:
                 video_frames.append(video_frame(frames[:3], banks[0].get(chunk[:3])))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
@@ -902,6 +919,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
     returns = np.zeros(len(level_ids))
     env = GridWorld(test_levels, args.grid_size, args.obs_size, limit)
     video_frames, no_bank = [], MemoryBank(1, 1, env.observation_space.shape, 0).get([0])
+    generator = test_generator(args, device)
     for n, level in enumerate(level_ids):
         agent.load_state_dict(trained)
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -916,7 +934,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
                         video_frames.append(video_frame(obs[None], no_bank))
                     frame = torch.as_tensor(obs, device=device)[None]
                     logits, value = agent.step(frame, zero.long(), zero, zero + (t == 0), trial_state, t)
-                    action = logits.argmax(-1)
+                    action = test_actions(logits, generator)
                     obs, reward, terminated, truncated, info = env.step(int(action))
                     for key, x in zip(steps, (frame[0], action[0], torch.log_softmax(logits, -1)[0, action[0]],
                                               value[0], torch.tensor(reward, dtype=torch.float32))):

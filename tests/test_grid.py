@@ -537,6 +537,25 @@ def test_evaluation_stores_failures_as_they_happen():
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
 
 
+@pytest.mark.parametrize("agent_name", ["memory", "ppo-finetune"])
+def test_eval_sample_draws_seeded_actions_and_greedy_takes_the_most_likely(agent_name):
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]]).repeat(400, 1)
+    assert (gf.test_actions(logits) == 1).all()
+    draws = gf.test_actions(logits, torch.Generator().manual_seed(3))
+    assert set(draws.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(draws, gf.test_actions(logits, torch.Generator().manual_seed(3)))
+    # whole evaluations: sampled ones repeat under one seed, and leave training's RNG where it was
+    torch.manual_seed(0)
+    args = small_args(agent=agent_name, trial_len=10, eval_episodes=2, num_blocks=3, grid_size=8, eval_sample=True)
+    agent = gf.Agent(args, 4)
+    levels = gf.make_levels("test", 6, 8, 3)
+    state = torch.get_rng_state()
+    first = gf.evaluate(agent, args, levels, np.arange(6), "cpu")
+    assert torch.equal(torch.get_rng_state(), state) or agent_name == "ppo-finetune"  # its test-time PPO shuffles
+    again = gf.evaluate(agent, args, levels, np.arange(6), "cpu")
+    assert all(np.array_equal(first[key], again[key]) for key in first)
+
+
 @pytest.mark.parametrize("test_history", ["episode", "trial"])
 def test_evaluation_reads_only_ended_levels_and_restarts_snail_per_episode(test_history, monkeypatch):
     """Each ended episode re-reads only its own level's bank; with --test-history episode the
