@@ -83,12 +83,12 @@ class DenseTCBlock(nn.Module):
         """`episode_begin` (B, T): where the sequence of each position began; a layer looking
         d steps back from t sees zeros before it, as `step` does after `restart`."""
         h = x.transpose(1, 2)
-        positions = torch.arange(x.shape[1], device=x.device)
         for conv, d in zip(self.convs, self.dilations):
             if episode_begin is None:
                 out = F.conv1d(F.pad(h, (d, 0)), conv.weight, conv.bias, dilation=d)
             else:  # the kernel's two taps apart, the one d steps back cut at the sequence's start
-                past = F.pad(h, (d, 0))[..., : h.shape[-1]] * (positions - d >= episode_begin)[:, None, :]
+                looked_at = torch.arange(x.shape[1], device=x.device) - d
+                past = F.pad(h, (d, 0))[..., : h.shape[-1]] * (looked_at >= episode_begin)[:, None, :]
                 out = F.conv1d(past, conv.weight[..., :1], conv.bias) + F.conv1d(h, conv.weight[..., 1:])
             f, g = out.chunk(2, dim=1)
             h = torch.cat([h, torch.tanh(f) * torch.sigmoid(g)], dim=1)
@@ -170,13 +170,11 @@ class SNAIL(nn.Module):
     def forward(self, x, episode_starts=None):  # (B, T, in_dim) -> (B, T, out_dim)
         """`episode_starts` (B, T), 1 where a new sequence begins: each position then sees only
         its own sequence, as `step` with `restart` at those positions."""
-        if episode_starts is None:
-            for layer in self.layers:
-                x = layer(x)
-            return F.relu(self.out(x))
-        positions = torch.arange(x.shape[1], device=x.device)
-        begin = (positions * (episode_starts > 0)).cummax(1).values  # (B, T) where t's sequence began
-        same_sequence = positions[None, None, :] >= begin[:, :, None]  # (B, T, T): key s after t's begin
+        begin = same_sequence = None
+        if episode_starts is not None:
+            positions = torch.arange(x.shape[1], device=x.device)
+            begin = (positions * (episode_starts > 0)).cummax(1).values  # (B, T) where t's sequence began
+            same_sequence = positions[None, None, :] >= begin[:, :, None]  # (B, T, T): key s after t's begin
         for layer in self.layers:
             x = layer(x, begin) if isinstance(layer, DenseTCBlock) else layer(x, same_sequence)
         return F.relu(self.out(x))

@@ -46,6 +46,7 @@ from torch.utils.tensorboard import SummaryWriter
 from common import SNAIL, CausalAttentionBlock, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init
 
 AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune", "ppo-finetune-attn")
+MEMORY_AGENTS = ("memory", "memory-sf", "memory-sf-mix")  # the agents with a bank
 
 
 @dataclass
@@ -219,7 +220,7 @@ def check_args(args):
             f"--mem-update must be trial or episode, got {args.mem_update!r}",
         ),
         (
-            args.mem_update == "episode" and args.agent not in ("memory", "memory-sf", "memory-sf-mix"),
+            args.mem_update == "episode" and args.agent not in MEMORY_AGENTS,
             f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
         ),
         (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
@@ -252,7 +253,7 @@ def check_args(args):
             f"--train-history must be trial or episode, got {args.train_history!r}",
         ),
         (
-            args.train_history == "episode" and args.agent not in ("memory", "memory-sf", "memory-sf-mix"),
+            args.train_history == "episode" and args.agent not in MEMORY_AGENTS,
             f"--train-history episode needs a memory agent (its bank carries the earlier episodes), got --agent {args.agent}",
         ),
         (
@@ -1350,7 +1351,7 @@ if __name__ == "__main__":
                 prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
                 done = terminated | truncated
                 starts = torch.from_numpy(done.astype(np.float32))
-                if agent.episode_history and done.any() and t + 1 < args.trial_len:
+                if agent.episode_history and done.any():
                     agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done), device=device), t + 1)
                 if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step
                     for env in np.flatnonzero(done):

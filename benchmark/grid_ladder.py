@@ -136,12 +136,6 @@ def last_step(run):
     return steps[-1] if len(steps) else -1
 
 
-def last_per_episode(run):
-    """Held-out success of test episodes 1, 2, ... at the run's last evaluation."""
-    values = [scalars(run, f"eval/success_ep{k}")[1] for k in range(1, 6)]
-    return [v[-1] for v in values if len(v)]
-
-
 def episode_rise(per_episode):
     """Memory's signature on held-out levels: success of test episodes 2..5 minus episode 1, averaged
     over a run's evaluations (rows of `per_episode`, one column per test episode): one evaluation
@@ -199,15 +193,16 @@ def plot(args):
         half = [first_reach(s, v, goal / 2) for s, v in curves]
         sps = np.mean([scalars(r, "charts/SPS")[1][-1] for r in runs])
         last_eval = [v[-1] for _, v in evals if len(v)]
+        per_episode = [all_per_episode(r) for r in runs]
         table.append(
             f"| {lever} | `{' '.join(lever_flags(lever)) or '(none)'}` | {len(runs)} | {int(min(s[-1] for s, _ in train)):,} | "
             f"{sps:,.0f} | {', '.join('-' if x is None else f'{x:,}' for x in reach)} | "
             f"{', '.join('-' if x is None else f'{x:,}' for x in half)} | "
             f"{np.mean([scalars(r, 'charts/episode_success')[1][-10:].mean() for r in runs]):.3f} | "
             + (f"{np.mean(last_eval):.3f} ± {np.std(last_eval):.3f}" if last_eval else "-") + " | "
-            + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(last_per_episode(r) for r in runs))) + " |"
-            + (" " + ", ".join(f"{episode_rise(all_per_episode(r)[1:]):+.3f}" if len(all_per_episode(r)) > 1 else "-"
-                               for r in runs) + " |" if heldout else ""))
+            + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(e[-1] for e in per_episode if len(e)))) + " |"
+            + (" " + ", ".join(f"{episode_rise(e[1:]):+.3f}" if len(e) > 1 else "-" for e in per_episode) + " |"
+               if heldout else ""))
     axes[0].set(title="training episode success vs. steps", xlabel="env steps", ylabel="success (mean of 10 updates)")
     axes[1].set(title="... vs. minutes (mean over seeds)", xlabel="minutes")
     if heldout:
