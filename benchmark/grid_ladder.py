@@ -75,6 +75,8 @@ LEVERS = {  # name -> flags added to grid_failmem.py's defaults
     "trial-history": ["--test-history", "trial"],
     "ep-history": ["--train-history", "episode"],
     "snail": ["--agent", "snail"],
+    "ppo-finetune": ["--agent", "ppo-finetune"],
+    "ppo-finetune-attn": ["--agent", "ppo-finetune-attn"],
 }
 
 

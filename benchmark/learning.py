@@ -3,6 +3,8 @@
     python benchmark/learning.py --env grid --total-timesteps 400000 -- --num-train-levels 1000
     python benchmark/learning.py --env miniworld --agents memory snail --seeds 1 2 3 -- --obs-size 32
     python benchmark/learning.py --agents memory --vary mem-len 6 20 80 --tag fig4a   # one flag's values
+    python benchmark/learning.py --plot-only --tag fig3_L3 --agents memory@ladder_L3_w8fresh_memory snail@...
+                                  # AGENT@EXP-NAME: draw runs made elsewhere (grid_ladder.py's, whose flags differ per agent)
 
 Trains every (agent, seed), or with `--vary FLAG V1 V2 ...` every (agent, value, seed), with
 {env}_failmem.py (one torch thread each, `--parallel` at once; flags after `--` go to every run),
@@ -79,6 +81,8 @@ def main():
 
     if args.vary and len(args.vary) < 2:
         parser.error("--vary needs a flag and at least one value")
+    if any("@" in agent for agent in args.agents) and not (args.plot_only and not args.vary):
+        parser.error("--agents AGENT@EXP-NAME draws runs made elsewhere: it needs --plot-only and no --vary")
     jobs = [(curve, seed) for seed in args.seeds for curve in curves(args)]
     if not args.plot_only:
         launch([(["nice", "-n", str(args.nice), sys.executable, str(ROOT / f"{args.env}_failmem.py"),
@@ -114,8 +118,9 @@ def smooth(values, width=10):
 
 def curves(args):
     """(label, agent, its flags, exp-name of its runs) of every curve."""
-    if not args.vary:
-        return [(agent, agent, [], args.tag) for agent in args.agents]
+    if not args.vary:  # AGENT@EXP names runs of another exp-name
+        return [(spec.split("@")[0], spec.split("@")[0], [], spec.split("@")[1] if "@" in spec else args.tag)
+                for spec in args.agents]
     flag, values = args.vary[0], args.vary[1:]
     return [(f"{agent} --{flag} {value}", agent, [f"--{flag}", value], f"{args.tag}_{flag}{value}")
             for agent in args.agents for value in values]

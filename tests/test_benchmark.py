@@ -82,3 +82,16 @@ def test_episode_rise_is_later_episodes_minus_the_first_averaged_over_evaluation
     evaluations = [[0.1, 0.3, 0.3, 0.3, 0.3], [0.2, 0.2, 0.2, 0.2, 0.2], [0.3, 0.1, 0.2, 0.3, 0.0]]
     assert grid_ladder.episode_rise(evaluations) == pytest.approx((0.2 + 0.0 - 0.15) / 3)
     assert grid_ladder.episode_rise([[0.3] * 5]) == 0.0
+
+
+def test_learning_curves_read_agent_at_exp_name_runs_and_refuse_them_when_training(monkeypatch, capsys):
+    import argparse
+
+    import learning
+
+    args = argparse.Namespace(agents=["memory@ladder_L3_x", "snail"], vary=None, tag="fig3")
+    assert learning.curves(args) == [("memory", "memory", [], "ladder_L3_x"), ("snail", "snail", [], "fig3")]
+    monkeypatch.setattr(sys, "argv", ["learning.py", "--agents", "memory@ladder_L3_x"])  # no --plot-only
+    with pytest.raises(SystemExit):
+        learning.main()
+    assert "--plot-only" in capsys.readouterr().err
