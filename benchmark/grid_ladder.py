@@ -14,7 +14,8 @@ A lever is a set of flags added to grid_failmem.py's defaults (so a lever's name
 defaults of the day plus its flags; the doc names the flags). Every run has one torch thread,
 `--parallel` at once; then the TensorBoard logs are read and docs/grid_ladder_{rung}[_{name}].{md,png}
 are written: curves (mean over seeds, band from the lowest to the highest seed) against steps
-and minutes, and a table of each lever's steps to the rung's goal per seed.
+and minutes, and a table of each lever's steps to the rung's goal per seed. Rungs judged on held-out
+levels also show the random policy's held-out success on the same grid (benchmark/grid_random.py).
 """
 
 import argparse
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grid_random import random_policy
 from learning import launch, machine, mean_and_spread, scalars, smooth, write_doc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +154,16 @@ def all_per_episode(run):
     return np.stack(values, 1) if all(len(v) for v in values) else np.zeros((0, 5))
 
 
+def grid_flags(flags):
+    """W and X of runs given these flags, read as grid_failmem.py reads them."""
+    import tyro
+
+    import grid_failmem
+
+    args = tyro.cli(grid_failmem.Args, args=flags)
+    return args.grid_size, args.num_blocks
+
+
 def first_reach(steps, values, goal):
     reached = np.flatnonzero(values >= goal)
     return int(steps[reached[0]]) if len(reached) else None
@@ -165,6 +177,9 @@ def plot(args):
 
     _, metric, goal, budget = RUNGS[args.rung]
     heldout = metric == "heldout"
+    if heldout:  # the floor a learned agent must beat, on the runs' grid
+        grid_size, num_blocks = grid_flags(RUNGS[args.rung][0] + args.extra)
+        floor = random_policy(grid_size, num_blocks)[0]
     fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
     what = "held-out mean success" if heldout else "training episode success (mean of 10 updates)"
     table = [f"| lever | flags | seeds | steps run | SPS | steps to {goal} {what}, per seed | steps to {goal / 2:g}, per seed | "
@@ -205,11 +220,15 @@ def plot(args):
             + " / ".join(f"{np.mean(episode):.2f}" for episode in zip(*(e[-1] for e in per_episode if len(e)))) + " |"
             + (" " + ", ".join(f"{episode_rise(e[1:]):+.3f}" if len(e) > 1 else "-" for e in per_episode) + " |"
                if heldout else ""))
+    if heldout:
+        table.append(f"| random policy | `--grid-size {grid_size} --num-blocks {num_blocks}` | | | | | | | "
+                     f"{np.mean(floor):.3f} | " + " / ".join(f"{p:.2f}" for p in floor) + " | |")
     axes[0].set(title="training episode success vs. steps", xlabel="env steps", ylabel="success (mean of 10 updates)")
     axes[1].set(title="... vs. minutes (mean over seeds)", xlabel="minutes")
     if heldout:
         axes[2].set(title="held-out mean success (5 episodes)", xlabel="env steps")
         axes[2].axhline(goal, color="grey", ls="--", lw=1)
+        axes[2].axhline(np.mean(floor), color="black", ls=":", lw=1, label="random policy")
     else:
         axes[0].axhline(goal, color="grey", ls="--", lw=1)
     if budget:
@@ -222,6 +241,7 @@ def plot(args):
     fig.suptitle(f"Gridworld ladder {args.rung}, seeds {' '.join(map(str, args.seeds))}")
     fig.tight_layout()
     name = f"grid_ladder_{args.rung}" + (f"_{args.name}" if args.name else "")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(args.out) / f"{name}.png", dpi=100)
     command = (f"python benchmark/grid_ladder.py --rung {args.rung} --seeds {' '.join(map(str, args.seeds))} "
                f"--total-timesteps {args.total_timesteps} --levers {' '.join(args.levers)}"
