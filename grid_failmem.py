@@ -152,8 +152,6 @@ class Args:
     """lambda of generalised advantage estimation"""
     episodic_gae: bool = False
     """if toggled, returns and advantages stop at each episode's end, not only at the trial's end"""
-    reward_scale: float = 1.0
-    """the critic learns returns of the rewards times this (the logged returns stay unscaled)"""
     norm_adv: str = "minibatch"
     """advantage normalisation: minibatch (CleanRL's), batch (once over the whole rollout), or off"""
     clip_coef: float = 0.2
@@ -233,7 +231,6 @@ def check_args(args):
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
-        (args.reward_scale <= 0, f"--reward-scale must be positive, got {args.reward_scale}"),
         (not args.cnn_channels or min(args.cnn_channels) < 1,
          f"--cnn-channels must be one or more positive numbers, got {' '.join(map(str, args.cnn_channels))}"),
         (args.cnn_blocks < 0, f"--cnn-blocks must be 0 or positive, got {args.cnn_blocks}"),
@@ -945,7 +942,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
             success[n, k], hits[n, k] = info["success"], info["hit"]
             returns[n] += sum(steps["rewards"]).item()
             episode = {key: torch.stack(x)[None] for key, x in steps.items()}
-            advantages, episode_returns = compute_gae(episode["rewards"] * args.reward_scale, episode["values"], args.gamma,
+            advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma,
                                                       args.gae_lambda)
             num_steps = episode["actions"].shape[1]
             batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
@@ -1381,7 +1378,7 @@ if __name__ == "__main__":
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
         ends = torch.from_numpy(terminated_buf | truncated_buf) if args.episodic_gae else None
-        advantages, returns = compute_gae(rewards_buf * args.reward_scale, values_buf, args.gamma, args.gae_lambda, ends)
+        advantages, returns = compute_gae(rewards_buf, values_buf, args.gamma, args.gae_lambda, ends)
         trials = dict(frames=frames_buf, prev_actions=prev_actions_buf, prev_rewards=prev_rewards_buf, starts=starts_buf,
                       banks=trial_banks, actions=actions_buf, logprobs=logprobs_buf, advantages=advantages,
                       returns=returns, values=values_buf)

@@ -47,8 +47,6 @@ LEVERS = {  # name -> flags added to grid_failmem.py's defaults
     "cnn-8-16-16": ["--cnn-channels", "8", "16", "16"],
     "cnn-2stage": ["--cnn-channels", "16", "32"],
     "no-vclip": ["--no-clip-vloss"],
-    "reward0.2": ["--reward-scale", "0.2"],
-    "no-vclip+reward0.2": ["--no-clip-vloss", "--reward-scale", "0.2"],
     "episodic-gae": ["--episodic-gae"],
     "time-value": ["--time-aware-value"],
     "lr1e-3": ["--learning-rate", "1e-3"],

@@ -102,3 +102,17 @@ def test_ladder_reads_the_grid_of_its_runs_from_their_flags():
 
     assert grid_ladder.grid_flags([]) == (16, 3)
     assert grid_ladder.grid_flags(["--num-blocks", "3", "--grid-size", "8", "--num-blocks", "2"]) == (8, 2)
+
+
+def test_recovery_counts_what_follows_a_success_and_a_trap():
+    from grid_recovery import next_episode_outcomes
+
+    # level 0: trap 1, the same trap, then the goal (block 0) twice; level 1: goal, goal, no hit, trap 2, goal
+    success = np.array([[0, 0, 1, 1, 0], [1, 1, 0, 0, 1]], bool)
+    hits = np.array([[1, 1, 0, 0, -1], [0, 0, -1, 2, 0]])
+    after_success, after_trap, outcomes = next_episode_outcomes(success, hits)
+    assert (after_success, after_trap) == (4, 3)  # a no-hit episode is neither
+    assert outcomes["goal again after a success"] == 2 / 4  # the goal twice in a row once per level
+    assert outcomes["same trap after a trap"] == 1 / 3
+    assert outcomes["goal after a trap"] == 2 / 3
+    assert outcomes["another trap after a trap"] == 0.0 and outcomes["no block after a trap"] == 0.0

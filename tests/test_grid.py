@@ -695,7 +695,6 @@ BAD_FLAGS = [
     (dict(norm_adv="yes"), "--norm-adv"),
     (dict(mem_update="episode", agent="snail"), "--mem-update"),
     (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
-    (dict(reward_scale=0.0), "--reward-scale"),
     (dict(cnn_channels=()), "--cnn-channels"),
     (dict(cnn_channels=(16, 0)), "--cnn-channels"),
     (dict(cnn_blocks=-1), "--cnn-blocks"),
