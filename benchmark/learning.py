@@ -212,6 +212,14 @@ def plot(args):
     axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
     table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
     summary.append("| Bayes-optimal | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} |")
+    floor = grid_random_floor(args) if args.env == "grid" else None
+    if floor is not None:  # what uniformly random moves score on the runs' grid: the floor under every curve
+        grid_size, num_blocks, per_episode = floor
+        for ax in (axes[1], axes[4]):
+            ax.axhline(np.mean(per_episode), color="black", ls=":", lw=1, label="random policy")
+        axes[2].plot(range(1, 6), per_episode, "k:", label=f"random policy (W {grid_size}, X {num_blocks})")
+        summary.append(f"| random policy, W {grid_size}, X {num_blocks} | | " + " | ".join(f"{p:.3f}" for p in per_episode)
+                       + f" | {np.mean(per_episode):.3f} |")
     axes[0].set(title="training: episode success (mean of 10 updates)", xlabel="env steps", ylabel="success rate")
     axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
     axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
@@ -230,7 +238,7 @@ def plot(args):
     command = (f"python benchmark/learning.py --env {args.env} --agents {' '.join(args.agents)} --seeds "
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --tag {args.tag}"
                + (f" --vary {' '.join(args.vary)}" if args.vary else "")
-               + (f" --name {args.name} --plot-only" if args.name else "")
+               + (f" --name {args.name}" if args.name else "") + (" --plot-only" if args.plot_only or args.name else "")
                + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`",
             f"on {machine()}, one torch thread per run, {args.parallel} runs at once.", "",
@@ -242,6 +250,22 @@ def plot(args):
             *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
     write_doc(Path(args.out) / f"{name}.md", "\n".join(text))
     print("\n".join(text))
+
+
+def grid_random_floor(args):
+    """(W, X, the random policy's held-out success per test episode) for the grid the runs were
+    trained on (read from a run's checkpoint: runs drawn with AGENT@EXP carry flags of their own)."""
+    import torch
+
+    from grid_random import random_policy
+
+    for _, agent, _, exp in curves(args):
+        for seed in args.seeds:
+            run = latest_run(args, exp, agent, seed)
+            if run and os.path.exists(f"{run}/agent.pt"):
+                flags = torch.load(f"{run}/agent.pt", map_location="cpu", weights_only=True)["args"]
+                return flags["grid_size"], flags["num_blocks"], random_policy(flags["grid_size"], flags["num_blocks"])[0]
+    return None
 
 
 def write_doc(path, text):
