@@ -544,6 +544,12 @@ class TrialMemory:
         return frames, actions, rewards, valid
 
 
+def rollout_levels(level_rng, num_train_levels, num_envs):
+    """The training levels of one rollout, one per env: distinct, as two envs on one level would
+    write its bank twice in one trial (repeats only when there are fewer levels than envs)."""
+    return level_rng.choice(num_train_levels, num_envs, replace=num_train_levels < num_envs)
+
+
 def ended_episodes(terminated, truncated, success):
     """Yield (env, start, end, succeeded) of each episode that ended in a rollout of shape
     (envs, steps); f(tau) = 0 for one that hit a trap or ran its step limit. The episode still
@@ -1319,7 +1325,7 @@ if __name__ == "__main__":
 
         # rollout: one trial of T steps per env on a freshly drawn training level
         rollout_start = time.time()
-        levels = level_rng.choice(args.num_train_levels, args.num_envs, replace=args.num_train_levels < args.num_envs)
+        levels = rollout_levels(level_rng, args.num_train_levels, args.num_envs)
         frames = envs.set_levels(levels)
         trial_memories = [TrialMemory(bank, levels) for bank in banks]
         # slots a trial can see: the bank's N, and with --mem-update episode one per episode it stores

@@ -620,6 +620,12 @@ class MemoryBank:
         return frames, actions, rewards, valid
 
 
+def rollout_levels(level_rng, num_train_levels, num_envs):
+    """The training levels of one rollout, one per env: distinct, as two envs on one level would
+    write its bank twice in one trial (repeats only when there are fewer levels than envs)."""
+    return level_rng.choice(num_train_levels, num_envs, replace=num_train_levels < num_envs)
+
+
 def ended_episodes(terminated, truncated, success):
     """Yield (env, start, end, succeeded) of each episode that ended in a rollout of shape
     (envs, steps); f(tau) = 0 for one that hit a trap or ran its step limit. The episode still
@@ -1208,7 +1214,7 @@ if __name__ == "__main__":
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         # rollout: one trial of T steps per env on a freshly drawn training level
-        levels = level_rng.integers(args.num_train_levels, size=args.num_envs)
+        levels = rollout_levels(level_rng, args.num_train_levels, args.num_envs)
         frames = envs.set_levels(levels)
         trial_banks = bank_tensors(banks, levels, "cpu")  # the banks as they were when the trial began
         with torch.no_grad():

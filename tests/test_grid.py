@@ -935,3 +935,11 @@ def test_eval_only_takes_the_grid_of_the_checkpoint(tmp_path):
     out = run_script("--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "3", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "3 held-out levels" in out.stdout and "0.500" in out.stdout  # Bayes-optimal, episode 1 of 2 blocks
+
+
+def test_a_rollout_draws_distinct_levels_unless_there_are_fewer_levels_than_envs():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # with replacement, 16 of 200 levels repeat one in about half the draws
+        assert len(set(gf.rollout_levels(rng, 200, 16).tolist())) == 16
+    few = gf.rollout_levels(rng, 3, 16)
+    assert len(few) == 16 and set(few.tolist()) <= {0, 1, 2}

@@ -370,3 +370,11 @@ def test_bad_flag_value_is_named_in_one_line(fields, name):
         mw.check_args(mw.Args(**fields))
     message = str(stop.value.code)
     assert "\n" not in message and name in message and message.startswith("miniworld_failmem.py: error:")
+
+
+def test_a_rollout_draws_distinct_levels_unless_there_are_fewer_levels_than_envs():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # with replacement, 16 of 200 levels repeat one in about half the draws
+        assert len(set(mw.rollout_levels(rng, 200, 16).tolist())) == 16
+    few = mw.rollout_levels(rng, 3, 16)
+    assert len(few) == 16 and set(few.tolist()) <= {0, 1, 2}
