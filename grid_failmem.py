@@ -28,6 +28,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 # idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made torch
 # several times slower (set before torch is imported)
@@ -410,6 +411,22 @@ class BatchedGridWorld:
 # ---------------------------------------------------------------------------------------------
 # Memory bank (Sec. 2, DESIGN.md Sec. 4): per level a FIFO of the last L steps of failed episodes
 # ---------------------------------------------------------------------------------------------
+class BankView(NamedTuple):
+    """Stored trajectories of a batch of levels as the network reads them: frames (B, M, L, H, W, 3),
+    actions, rewards and valid steps (B, M, L), an empty slot with no valid step; for the update
+    also `visible` (B, T, M), the slots each step of the trial saw (the bank can grow in a trial)."""
+
+    frames: Any
+    actions: Any
+    rewards: Any
+    valid: Any
+    visible: Any = None
+
+    def to(self, device, rows=slice(None)):
+        """As tensors on `device`, only the batch rows `rows`."""
+        return BankView(*(None if x is None else torch.as_tensor(x)[rows].to(device) for x in self))
+
+
 class MemoryBank:
     """`banks[level]` holds at most N trajectories of (frames, actions, rewards, valid), each L
     steps long and padded at the front when its episode was shorter. Frames are bounded by
@@ -484,8 +501,7 @@ class MemoryBank:
         self.evicted = set(state["evicted"].tolist())
 
     def get(self, levels):
-        """The banks of `levels` as arrays: frames (B, N, L, H, W, 3), actions and rewards
-        (B, N, L), valid steps (B, N, L); an empty slot has no valid step."""
+        """The banks of `levels` as a BankView of arrays with N slots."""
         return TrialMemory(self, levels).arrays(self.mem_size)
 
     def trajectories(self, level):
@@ -532,7 +548,7 @@ class TrialMemory:
         return (added[:, None] <= steps) & (steps < removed[:, None])
 
     def arrays(self, num_slots):
-        """frames (B, num_slots, L, H, W, 3), actions, rewards, valid steps (B, num_slots, L)."""
+        """The trajectories as a BankView of arrays with `num_slots` slots."""
         length, shape = self.bank.mem_len, self.bank.obs_shape
         frames = np.zeros((len(self.levels), num_slots, length, *shape), np.uint8)
         actions = np.zeros((len(self.levels), num_slots, length), np.int64)
@@ -541,7 +557,7 @@ class TrialMemory:
         for env, slots in enumerate(self.slots):
             for j, trajectory in enumerate(slots):
                 frames[env, j], actions[env, j], rewards[env, j], valid[env, j] = trajectory
-        return frames, actions, rewards, valid
+        return BankView(frames, actions, rewards, valid)
 
 
 def rollout_levels(level_rng, num_train_levels, num_envs):
@@ -646,10 +662,9 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
 
     def embed_memory(self, bank, reader=0):
-        """Sec. 2.1: v_tau for every slot of the banks (frames (B, N, L, H, W, 3), actions,
-        rewards, valid (B, N, L)) -> (B, N, E), and the slots that hold a trajectory. Only filled
-        slots go through the CNN and the Transformer."""
-        frames, actions, rewards, valid = bank[:4]
+        """Sec. 2.1: v_tau for every slot of a BankView -> (B, N, E), and the slots that hold a
+        trajectory. Only filled slots go through the CNN and the Transformer."""
+        frames, actions, rewards, valid = bank.frames, bank.actions, bank.rewards, bank.valid
         slots = valid.any(-1)
         memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
         if slots.any():
@@ -673,7 +688,7 @@ class Agent(nn.Module):
     def memory_prefix(self, bank):
         """snail-cat: the bank's steps as SNAIL inputs (B, N * L, in), each step with its own
         action and reward; empty steps are all zero."""
-        frames, actions, rewards, valid = bank[:4]
+        frames, actions, rewards, valid = bank.frames, bank.actions, bank.rewards, bank.valid
         first = valid & ~F.pad(valid, (1, 0))[..., :-1]  # where a stored trajectory starts
         steps = torch.cat([self.obs_embed(self.cnn(frames)), F.one_hot(actions, self.num_actions).float(),
                            rewards[..., None], first[..., None].float(), torch.ones_like(rewards)[..., None]], -1)
@@ -724,8 +739,7 @@ class Agent(nn.Module):
         return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, t)
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
-        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank is (frames,
-        actions, rewards, valid steps, visible (B, T, M))."""
+        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank a BankView with `visible`."""
         obs_embed = self.obs_embed(self.cnn(frames))
         if self.name == "ppo-finetune":
             trial_features = obs_embed
@@ -739,8 +753,8 @@ class Agent(nn.Module):
                 x = torch.cat([self.memory_prefix(banks[0]), x], 1)
             # --train-history episode: SNAIL restarts at each episode (the rollout calls `restart`)
             trial_features = self.snail(x, episode_starts if self.episode_history else None)[:, self.prefix_len :]
-        # bank[4] (B, T, M): which slots each step saw, as the bank may grow during the trial
-        memories = [(memory, filled[:, None] & bank[4]) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
+        # which slots each step saw, as the bank may grow during the trial
+        memories = [(memory, filled[:, None] & bank.visible) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
         logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
         dist = Categorical(logits=logits)
         if actions is None:
@@ -778,7 +792,7 @@ def ppo_update(agent, optimizer, args, batch, device):
             _, newlogprob, entropy, newvalue = agent.get_action_and_value(
                 batch["frames"][idx].to(device), batch["prev_actions"][idx].to(device),
                 batch["prev_rewards"][idx].to(device), batch["starts"][idx].to(device),
-                [[x[idx].to(device) for x in bank] for bank in batch["banks"]], batch["actions"][idx].to(device),
+                [bank.to(device, idx) for bank in batch["banks"]], batch["actions"][idx].to(device),
             )
             mb_logprobs, mb_advantages = batch["logprobs"][idx].to(device), batch["advantages"][idx].to(device)
             mb_returns, mb_values = batch["returns"][idx].to(device), batch["values"][idx].to(device)
@@ -964,7 +978,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
 
 
 def bank_tensors(banks, levels, device):
-    return [[torch.as_tensor(x, device=device) for x in bank.get(levels)] for bank in banks]
+    return [bank.get(levels).to(device) for bank in banks]
 
 
 def summarize(result, num_blocks):
@@ -998,7 +1012,7 @@ def video_frame(frames, bank):
         index = np.arange(side) * images.shape[-2] // side
         return images[..., index, :, :][..., index, :]
 
-    stored = np.where(bank[3][..., None, None, None], bank[0], 128)[:, :4, -6:]
+    stored = np.where(bank.valid[..., None, None, None], bank.frames, 128)[:, :4, -6:]
     rows = []
     for view, trajectories in zip(frames, resize(stored, tile)):
         grid = np.full((4 * tile, 6 * tile, 3), 128, np.uint8)
@@ -1332,7 +1346,7 @@ if __name__ == "__main__":
         num_slots = args.mem_size + (args.trial_len if args.mem_update == "episode" else 0)
         episode_begin = np.zeros(args.num_envs, np.int64)
         with torch.no_grad():
-            start = [[torch.as_tensor(x, device=device) for x in tm.arrays(num_slots)] for tm in trial_memories]
+            start = [tm.arrays(num_slots).to(device) for tm in trial_memories]
             cache, memories = agent.begin_trial(start, args.num_envs, args.trial_len)  # Sec. 2.1: once per trial
             prev_actions = torch.zeros(args.num_envs, dtype=torch.long)
             prev_rewards, starts = torch.zeros(args.num_envs), torch.ones(args.num_envs)
@@ -1364,9 +1378,10 @@ if __name__ == "__main__":
                         steps = slice(episode_begin[env], t + 1)
                         slot = trial_memories[index].store(env, t, frames_buf[env, steps].numpy(),
                                                            actions_buf[env, steps].numpy(), rewards_buf[env, steps].numpy())
-                        stored = [torch.as_tensor(x, device=device)[None, None] for x in trial_memories[index].slots[env][slot]]
-                        memories[index][0][env, slot] = agent.embed_memory(stored, index)[0][0, 0]
-                        memories[index][1][env, slot] = True
+                        stored = BankView(*(torch.as_tensor(x, device=device)[None, None]
+                                            for x in trial_memories[index].slots[env][slot]))
+                        vectors, filled = memories[index]
+                        vectors[env, slot], filled[env, slot] = agent.embed_memory(stored, index)[0][0, 0], True
                 episode_begin[done] = t + 1
         global_step += args.batch_size
 
@@ -1377,10 +1392,8 @@ if __name__ == "__main__":
                               actions_buf[env, begin:end].numpy(), rewards_buf[env, begin:end].numpy())
         # what the update reads: every slot the trial saw, and at which steps it saw it
         update_slots = max([args.mem_size] + [len(slots) for tm in trial_memories for slots in tm.slots])
-        trial_banks = [
-            [torch.as_tensor(x) for x in (*tm.arrays(update_slots), tm.visible(update_slots, range(args.trial_len)))]
-            for tm in trial_memories
-        ]
+        trial_banks = [tm.arrays(update_slots)._replace(visible=tm.visible(update_slots, range(args.trial_len))).to("cpu")
+                       for tm in trial_memories]
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
         ends = torch.from_numpy(terminated_buf | truncated_buf) if args.episodic_gae else None
@@ -1421,10 +1434,10 @@ if __name__ == "__main__":
             writer.add_scalar(f"memory/{name}_trajectories", bank.num_trajectories, global_step)
             writer.add_scalar(f"memory/{name}_mb", bank.nbytes / 2**20, global_step)
             writer.add_scalar(f"memory/{name}_evicted_levels", bank.evicted_levels, global_step)
-            filled = trial_bank[3].any(-1)  # (envs, slots)
+            filled = trial_bank.valid.any(-1)  # (envs, slots)
             writer.add_scalar(f"memory/{name}_filled_slots_per_trial", filled.sum(1).float().mean(), global_step)
             if filled.any():  # what the reader saw: stored episodes that ended on a wrong object, not the step limit
-                touched = (trial_bank[2] < 0).any(-1)
+                touched = (trial_bank.rewards < 0).any(-1)
                 writer.add_scalar(f"memory/{name}_wrong_touch_share", touched[filled].float().mean(), global_step)
         print(
             f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} "

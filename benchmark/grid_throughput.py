@@ -131,7 +131,7 @@ def network(args, flags, envs, bank):
     frames = torch.randint(0, 256, (trials, 80, args.obs_size, args.obs_size, 3), dtype=torch.uint8)
     zeros = torch.zeros(trials, 80)
     actions = torch.zeros(trials, 80, dtype=torch.long)
-    banks = [[*x, torch.ones(trials, 80, 8, dtype=torch.bool)] for x in gf.bank_tensors([bank], range(trials), "cpu")]
+    banks = [x._replace(visible=torch.ones(trials, 80, 8, dtype=torch.bool)) for x in gf.bank_tensors([bank], range(trials), "cpu")]
     snail_in = torch.randn(trials, 80, agent.snail.layers[0].convs[0].in_channels)
 
     def backward(loss):

@@ -173,7 +173,7 @@ def test_bank_is_a_fifo_of_the_last_L_steps():
     bank = gf.MemoryBank(mem_size=3, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
     for value in range(1, 6):
         bank.add(7, *trajectory(10, value))
-    frames, actions, rewards, valid = bank.get([7, 8])
+    frames, actions, rewards, valid, _ = bank.get([7, 8])  # no `visible` outside a trial
     assert frames.shape == (2, 3, 4, 4, 4, 3)
     assert [frames[0, j, 0, 0, 0, 0] for j in range(3)] == [3, 4, 5]  # oldest dropped first
     assert (actions[0, 0] == np.arange(6, 10) % 4).all()  # the last L steps of the episode
@@ -184,7 +184,7 @@ def test_bank_is_a_fifo_of_the_last_L_steps():
 def test_bank_pads_short_episodes_at_the_front():
     bank = gf.MemoryBank(mem_size=2, mem_len=6, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
     bank.add(0, *trajectory(2, 9))
-    frames, actions, rewards, valid = bank.get([0])
+    frames, actions, rewards, valid, _ = bank.get([0])
     assert valid[0, 0].tolist() == [False] * 4 + [True] * 2
     assert (frames[0, 0, 4:] == 9).all() and not frames[0, 0, :4].any()
     assert rewards[0, 0].tolist() == [0, 0, 0, 0, -1, -1]
@@ -265,7 +265,7 @@ def test_trial_memory_shows_each_stored_episode_from_the_next_step():
     assert visible[0, :, 2].tolist() == [False] * 8 + [True] * 2
     assert visible[1, :, 0].tolist() == [False] + [True] * 9
     assert not visible[:, :, 3].any() and not visible[1, :, 1:].any()
-    frames, actions, rewards, valid = trial.arrays(4)
+    frames, actions, rewards, valid, _ = trial.arrays(4)
     assert [frames[0, j, -1, 0, 0, 0] for j in range(3)] == [1, 2, 3]
     assert valid[1, 0].tolist() == [False, False, False, True]  # padded at the front
     assert [t[0][-1, 0, 0, 0] for t in bank.banks[5]] == [2, 3]  # the bank itself is a FIFO of N = 2
@@ -303,16 +303,16 @@ def test_step_mode_matches_whole_trial(agent_name, time_aware):
     starts = (torch.rand(B, T) < 0.2).float()
     banks = []
     for _ in range(2):
-        bank = [
-            torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8),
-            torch.randint(0, 4, (B, 3, 4)),
-            torch.randn(B, 3, 4),
-            torch.ones(B, 3, 4, dtype=torch.bool),
-        ]
-        bank[3][0] = False  # env 0 has an empty bank
-        bank[3][1, 2] = False
-        bank[3][2, :, :2] = False
-        bank.append(torch.ones(B, T, 3, dtype=torch.bool))  # every slot seen at every step
+        bank = gf.BankView(
+            frames=torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8),
+            actions=torch.randint(0, 4, (B, 3, 4)),
+            rewards=torch.randn(B, 3, 4),
+            valid=torch.ones(B, 3, 4, dtype=torch.bool),
+            visible=torch.ones(B, T, 3, dtype=torch.bool),  # every slot seen at every step
+        )
+        bank.valid[0] = False  # env 0 has an empty bank
+        bank.valid[1, 2] = False
+        bank.valid[2, :, :2] = False
         banks.append(bank)
     actions = torch.randint(0, 4, (B, T))
     with torch.no_grad():
@@ -335,8 +335,8 @@ def test_episode_history_steps_match_whole_trial_and_hide_earlier_episodes():
     prev_actions, prev_rewards = torch.randint(0, 4, (B, T)), torch.randn(B, T)
     starts = torch.zeros(B, T)
     starts[:, 0], starts[0, 5], starts[1, 3], starts[1, 4] = 1, 1, 1, 1
-    bank = [torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8), torch.randint(0, 4, (B, 3, 4)),
-            torch.randn(B, 3, 4), torch.ones(B, 3, 4, dtype=torch.bool), torch.ones(B, T, 3, dtype=torch.bool)]
+    bank = gf.BankView(torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8), torch.randint(0, 4, (B, 3, 4)),
+                       torch.randn(B, 3, 4), torch.ones(B, 3, 4, dtype=torch.bool), torch.ones(B, T, 3, dtype=torch.bool))
     actions = torch.randint(0, 4, (B, T))
     with torch.no_grad():
         _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, [bank], actions)
@@ -383,10 +383,10 @@ def test_which_agents_read_which_bank():
     frames = torch.randint(0, 256, (B, 12, 16, 16, 3), dtype=torch.uint8)
     zeros = torch.zeros(B, 12, dtype=torch.long), torch.zeros(B, 12), torch.zeros(B, 12)
     seen = torch.ones(B, 12, 3, dtype=torch.bool)
-    empty = [torch.zeros(B, 3, 4, 16, 16, 3, dtype=torch.uint8), torch.zeros(B, 3, 4, dtype=torch.long),
-             torch.zeros(B, 3, 4), torch.zeros(B, 3, 4, dtype=torch.bool), seen]
-    full = [torch.randint(0, 256, empty[0].shape, dtype=torch.uint8), empty[1], -torch.ones(B, 3, 4),
-            torch.ones(B, 3, 4, dtype=torch.bool), seen]
+    empty = gf.BankView(torch.zeros(B, 3, 4, 16, 16, 3, dtype=torch.uint8), torch.zeros(B, 3, 4, dtype=torch.long),
+                        torch.zeros(B, 3, 4), torch.zeros(B, 3, 4, dtype=torch.bool), seen)
+    full = gf.BankView(torch.randint(0, 256, empty.frames.shape, dtype=torch.uint8), empty.actions, -torch.ones(B, 3, 4),
+                       torch.ones(B, 3, 4, dtype=torch.bool), seen)
     actions = torch.zeros(B, 12, dtype=torch.long)
     expected = {"memory": True, "snail": False, "snail-cat": True, "memory-sf": True, "memory-sf-mix": True,
                 "ppo-finetune": False, "ppo-finetune-attn": False}
@@ -502,7 +502,7 @@ class ScriptedAgent(torch.nn.Module):
         self.episode = np.zeros(len(level_ids), np.int64)
 
     def read_banks(self, banks):
-        self.bank_sizes.append(banks[0][3].any(-1).sum(1).tolist())
+        self.bank_sizes.append(banks[0].valid.any(-1).sum(1).tolist())
         return []
 
     def begin_trial(self, banks, batch_size, max_len):
