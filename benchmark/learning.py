@@ -208,11 +208,12 @@ def plot(args):
             summary.append(f"| {label_} | {len(finals)} | " + " | ".join(
                 f"{m:.3f} ± {s:.3f}" for m, s in zip(finals.mean(0), finals.std(0))) +
                 f" | {finals.mean():.3f} ± {finals.mean(1).std():.3f} |")
-    optimal = [min(k, 3) / 3 for k in range(1, 6)]  # X = 3 blocks, boxes or balls: min(k, X) / X
+    floor = grid_random_floor(args) if args.env == "grid" else None
+    objects = floor[1] if floor is not None else 3  # X: 3 blocks, boxes or balls unless the grid's runs had other
+    optimal = [min(k, objects) / objects for k in range(1, 6)]
     axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
     table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
     summary.append("| Bayes-optimal | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} |")
-    floor = grid_random_floor(args) if args.env == "grid" else None
     if floor is not None:  # what uniformly random moves score on the runs' grid: the floor under every curve
         grid_size, num_blocks, per_episode = floor
         for ax in (axes[1], axes[4]):
