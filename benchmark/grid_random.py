@@ -31,12 +31,18 @@ class RandomAgent(torch.nn.Module):
         return torch.zeros(len(frames), len(grid.MOVES)), torch.zeros(len(frames))
 
 
+def random_policy_result(grid_size, num_blocks, seed=1, num_test_levels=500):
+    """`evaluate()`'s per-level arrays for the random policy on the first held-out levels."""
+    args = grid.Args(grid_size=grid_size, num_blocks=num_blocks, eval_sample=True, seed=seed, num_test_levels=num_test_levels)
+    levels = grid.make_levels("test", num_test_levels, grid_size, num_blocks)
+    return grid.evaluate(RandomAgent(), args, levels, np.arange(num_test_levels), "cpu")
+
+
 def random_policy(grid_size, num_blocks, seed=1):
     """The random policy's held-out success of test episodes 1..5, the fraction of its episodes that
     hit a block, and of levels with no hit in 5 episodes."""
-    args = grid.Args(grid_size=grid_size, num_blocks=num_blocks, eval_sample=True, seed=seed)
-    levels = grid.make_levels("test", args.num_test_levels, grid_size, num_blocks)
-    result = grid.evaluate(RandomAgent(), args, levels, np.arange(args.num_test_levels), "cpu")
+    args = grid.Args()
+    result = random_policy_result(grid_size, num_blocks, seed, args.num_test_levels)
     summary = grid.summarize(result, num_blocks)
     per_episode = [summary[f"success_ep{k}"] for k in range(1, args.eval_episodes + 1)]
     return per_episode, (result["hits"] >= 0).mean(), summary["no_hit"]

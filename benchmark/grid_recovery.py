@@ -22,23 +22,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
-from grid_random import RandomAgent  # noqa: E402
+from grid_random import random_policy_result  # noqa: E402
+
+
+OUTCOMES = ("goal again after a success", "same trap after a trap", "another trap after a trap", "goal after a trap",
+            "no block after a trap")
 
 
 def next_episode_outcomes(success, hits):
     """From per-level (levels, episodes) success and hit block (-1: none): the count of pairs after
-    a success and after a trap, and the fraction of each outcome of the episode that follows."""
+    a success and after a trap, and the fraction of each of OUTCOMES in the episode that follows."""
     before_success, before_hit, after_success, after_hit = success[:, :-1], hits[:, :-1], success[:, 1:], hits[:, 1:]
     after_trap = ~before_success & (before_hit >= 0)
-    outcomes = {
-        "goal again after a success": after_success[before_success],
-        "same trap after a trap": (after_hit == before_hit)[after_trap],
-        "another trap after a trap": ((after_hit >= 0) & (after_hit != before_hit) & ~after_success)[after_trap],
-        "goal after a trap": after_success[after_trap],
-        "no block after a trap": (after_hit < 0)[after_trap],
-    }
+    outcomes = (
+        after_success[before_success],
+        (after_hit == before_hit)[after_trap],
+        ((after_hit >= 0) & (after_hit != before_hit) & ~after_success)[after_trap],
+        after_success[after_trap],
+        (after_hit < 0)[after_trap],
+    )
     return int(before_success.sum()), int(after_trap.sum()), {name: float(v.mean()) if v.size else float("nan")
-                                                               for name, v in outcomes.items()}
+                                                               for name, v in zip(OUTCOMES, outcomes)}
 
 
 def row(label, result):
@@ -56,27 +60,24 @@ def main():
     torch.set_num_threads(1)
     rows, grids = [], set()
     for path in args.checkpoints:
+        run_args = grid.Args(num_test_levels=args.num_test_levels)
+        agent = grid.load_checkpoint(path, run_args, len(grid.MOVES), torch.device("cpu")).eval()
+        levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks)
         for sample in (False, True):
-            run_args = grid.Args(eval_sample=sample, num_test_levels=args.num_test_levels)
-            agent = grid.load_checkpoint(path, run_args, len(grid.MOVES), torch.device("cpu")).eval()
-            levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks)
+            run_args.eval_sample = sample
             result = grid.evaluate(agent, run_args, levels, np.arange(run_args.num_test_levels), "cpu")
             rows.append(row(f"`{Path(path).parent.name}`, {'sampled' if sample else 'greedy'}", result))
         grids.add((run_args.grid_size, run_args.num_blocks))
     for grid_size, num_blocks in sorted(grids):
-        random_args = grid.Args(grid_size=grid_size, num_blocks=num_blocks, eval_sample=True, num_test_levels=args.num_test_levels)
-        levels = grid.make_levels("test", args.num_test_levels, grid_size, num_blocks)
-        result = grid.evaluate(RandomAgent(), random_args, levels, np.arange(args.num_test_levels), "cpu")
+        result = random_policy_result(grid_size, num_blocks, num_test_levels=args.num_test_levels)
         rows.append(row(f"random policy, W {grid_size}, X {num_blocks}", result))
     command = "python benchmark/grid_recovery.py " + " ".join(args.checkpoints)
-    names = ["goal again after a success", "same trap after a trap", "another trap after a trap", "goal after a trap",
-             "no block after a trap"]
     text = ["# Gridworld: what the agent does in the test episode after a success or a failure", "",
             f"Made by `{command}`: {args.num_test_levels} held-out levels, 5 test episodes each, greedy test "
             "actions and actions drawn from the policy (`--eval-sample`; the random policy: uniform moves). "
             "Pairs are consecutive test episodes (k, k + 1), k = 1..4, over all levels.", "",
-            "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(names) + " |",
-            "|---|---|---|---|" + "---|" * len(names), *rows, "",
+            "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(OUTCOMES) + " |",
+            "|---|---|---|---|" + "---|" * len(OUTCOMES), *rows, "",
             "Bayes-optimal with X = 3: goal again after a success 1; after a trap, never the same trap, and the goal "
             "in 1/2 of the episodes after a first failure, in all of them after a second.", ""]
     Path(args.out).write_text("\n".join(text))
