@@ -77,6 +77,10 @@ class Args:
     """a checkpoint written by a training run, for --eval-only"""
     resume: str | None = None
     """a checkpoint of a stopped training run: continue it bit for bit where it stopped, in its run directory"""
+    init_from: str | None = None
+    """a checkpoint whose weights a new training run starts from (a curriculum: an agent trained on two blocks
+    goes on with three); the optimiser, the lr schedule and the bank start fresh, and the network flags must fit
+    the weights"""
     checkpoint_minutes: float = 10.0
     """minutes of wall time between checkpoints (also written at every evaluation, at the end, on Ctrl-C or SIGTERM)"""
     stop_after: int = 0
@@ -273,8 +277,10 @@ def check_args(args):
             "--checkpoint is read by --eval-only only; to continue a training run give --resume PATH",
         ),
         (args.eval_only and args.resume is not None, "--resume continues a training run and --eval-only evaluates: give one"),
+        (args.init_from is not None and (args.eval_only or args.resume is not None),
+         "--init-from starts a new training run: it goes with neither --eval-only nor --resume"),
     ]
-    for flag, path in (("--checkpoint", args.checkpoint), ("--resume", args.resume)):
+    for flag, path in (("--checkpoint", args.checkpoint), ("--resume", args.resume), ("--init-from", args.init_from)):
         if path is not None and not os.path.isfile(path):
             problems.append((True, f"{flag} {path} {'is not a file' if os.path.exists(path) else 'does not exist'}"))
     for bad, message in problems:
@@ -1229,6 +1235,23 @@ def stop_if_not_finite(agent, losses, iteration, kept):
         sys.exit(f"{os.path.basename(__file__)}: error: update {iteration}: the {what}; its weights are not saved, {kept}")
 
 
+def init_weights(args, path):
+    """The weights of the checkpoint at `path`, checked to fit the agent the command line's flags
+    describe (the grid and the number of blocks may differ: the network does not depend on them)."""
+    def fail(problem):
+        sys.exit(f"{os.path.basename(__file__)}: error: --init-from {path} {problem}")
+
+    checkpoint = read_checkpoint(path, "--init-from")
+    if checkpoint_args(checkpoint).agent != args.agent:
+        fail(f"holds a {checkpoint_args(checkpoint).agent} agent, not the {args.agent} agent --agent asks for")
+    try:
+        Agent(args, len(MOVES)).load_state_dict(checkpoint["model"])
+    except Exception as error:  # the first weight whose shape the flags change, named
+        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
+        fail(f"holds weights that do not fit the network the flags describe ({' '.join(detail).strip()[:200]})")
+    return checkpoint["model"]
+
+
 def load_checkpoint(path, args, num_actions, device, checkpoint=None):
     """Rebuild the agent the checkpoint was trained as; its architecture flags win. `checkpoint`:
     the file already read by `read_checkpoint`."""
@@ -1250,6 +1273,8 @@ if __name__ == "__main__":
     saved = read_checkpoint(args.checkpoint) if args.checkpoint else saved
     if args.resume:
         args = resumed_args(args, saved)
+    # a resumed run's weights come from its own checkpoint, not from the one it was started from
+    initial_weights = init_weights(args, args.init_from) if args.init_from and not args.resume else None
     args.batch_size = args.num_envs * args.trial_len
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     run_name = f"grid__{args.exp_name}__{args.agent}__{args.seed}__{int(time.time())}"
@@ -1317,6 +1342,8 @@ if __name__ == "__main__":
     banks = make_banks(args, obs_shape, args.bank_ram_mb * 2**20)  # [failures] or [failures, successes]
 
     agent = Agent(args, num_actions).to(device)
+    if initial_weights is not None:
+        agent.load_state_dict(initial_weights)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates")
 

@@ -77,6 +77,7 @@ LEVERS = {  # name -> flags added to grid_failmem.py's defaults
     "snail": ["--agent", "snail"],
     "ppo-finetune": ["--agent", "ppo-finetune"],
     "ppo-finetune-attn": ["--agent", "ppo-finetune-attn"],
+    "obs8": ["--obs-size", "8"],
 }
 
 

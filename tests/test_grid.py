@@ -721,6 +721,9 @@ BAD_FLAGS = [
     (dict(resume="missing.pt"), "--resume missing.pt does not exist"),
     (dict(eval_only=True, checkpoint=str(ROOT)), f"--checkpoint {ROOT} is not a file"),
     (dict(resume=str(ROOT)), f"--resume {ROOT} is not a file"),
+    (dict(init_from="missing.pt"), "--init-from missing.pt does not exist"),
+    (dict(init_from=str(ROOT / "README.md"), resume=str(ROOT / "README.md")), "--init-from starts a new training run"),
+    (dict(init_from=str(ROOT / "README.md"), eval_only=True, checkpoint=str(ROOT / "README.md")), "--init-from"),
 ]
 
 
@@ -846,6 +849,31 @@ def test_resume_keeps_the_flags_of_its_run(stopped_run):
     out = run_script("--resume", str(checkpoint), "--num-envs", "8", cwd=cwd)
     assert out.returncode != 0 and out.stderr.strip().splitlines() == [
         f"grid_failmem.py: error: --resume {checkpoint} was made with --num-envs 4, not 8; a resumed run keeps its flags"]
+
+
+def test_init_from_starts_a_new_run_from_the_weights_on_another_grid(stopped_run, tmp_path):
+    """A curriculum's second stage: the stopped run's weights (3 blocks) go on with 2 blocks at an
+    lr too small to move them, so the new run ends where it began; without --init-from it does not."""
+    cwd, checkpoint = stopped_run
+    start = torch.load(cwd / checkpoint, weights_only=True)["model"]
+    flags = [*TINY, "--num-blocks", "2", "--learning-rate", "1e-12", "--eval-every", "0"]
+    for name, extra in (("warm", ["--init-from", str(cwd / checkpoint)]), ("cold", [])):
+        out = run_script(*flags, "--exp-name", name, *extra, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    warm, cold = (torch.load(glob.glob(str(tmp_path / "runs" / f"grid__{name}__*" / "agent.pt"))[0],
+                          weights_only=True)["model"] for name in ("warm", "cold"))
+    assert all(torch.allclose(warm[key].float(), start[key].float(), atol=1e-6) for key in start)
+    assert not all(torch.allclose(cold[key].float(), start[key].float(), atol=1e-6) for key in start)
+
+
+@pytest.mark.parametrize("flags,problem", [(["--embed-dim", "32"], "do not fit the network"),
+                                           (["--agent", "snail"], "holds a memory agent, not the snail agent")])
+def test_init_from_weights_that_do_not_fit_stop_with_one_line(stopped_run, flags, problem, tmp_path):
+    cwd, checkpoint = stopped_run
+    out = run_script(*TINY, "--init-from", str(cwd / checkpoint), *flags, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1 and problem in lines[0] and "--init-from" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()  # no work started
 
 
 def damaged_checkpoints(checkpoint, folder):
