@@ -6,7 +6,8 @@ Runs grid_failmem.py's `evaluate()` on the held-out levels for each checkpoint, 
 actions (the paper's test here) and with actions drawn from the policy (`--eval-sample`), and for
 the random policy on the same grid, and counts over every pair of consecutive test episodes (k, k + 1): after
 a success, how often the goal is reached again; after a trap, how often the next episode hits the
-same trap, another trap, the goal, or no block. The paper's claim is about the last row but one:
+same trap, another trap, the goal, or no block, and how often it ends "stuck": no block hit, and the
+last 40 of its 80 steps on at most 3 cells (a random walk visits about 15). The paper's claim is about the goal after a trap:
 an agent that remembers its failure never hits the same trap twice and, with X = 3, reaches the
 goal in at least half of the episodes after a first failure (Bayes-optimal); a memoryless greedy
 policy walks the same path again. Writes docs/grid_recovery.md.
@@ -26,12 +27,50 @@ from grid_random import random_policy_result  # noqa: E402
 
 
 OUTCOMES = ("goal again after a success", "same trap after a trap", "another trap after a trap", "goal after a trap",
-            "no block after a trap")
+            "no block after a trap", "stuck after a trap")
+STUCK_STEPS, STUCK_CELLS = 40, 3  # stuck: no block hit, and the last 40 of its 80 steps on at most 3 cells
 
 
-def next_episode_outcomes(success, hits):
-    """From per-level (levels, episodes) success and hit block (-1: none): the count of pairs after
-    a success and after a trap, and the fraction of each of OUTCOMES in the episode that follows."""
+class StuckGridWorld(grid.BatchedGridWorld):
+    """The batched env, noting for each env's episodes, in order, whether they ended stuck. Every
+    instance is kept in `made`, in the order `evaluate()` makes them (one per chunk of levels)."""
+
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cells = [[] for _ in range(self.num_envs)]  # the current episode's cells, env by env
+        self.stuck = [[] for _ in range(self.num_envs)]
+        StuckGridWorld.made.append(self)
+
+    def step(self, actions):
+        moved = np.clip(self.agent + grid.MOVES[actions], 0, self.grid_size - 1)  # before an ended episode restarts
+        frames, reward, terminated, truncated, info = super().step(actions)
+        for env, cell in enumerate(map(tuple, moved)):
+            self.cells[env].append(cell)
+            if terminated[env] or truncated[env]:
+                tail = self.cells[env][-STUCK_STEPS:]
+                self.stuck[env].append(bool(truncated[env]) and len(tail) == STUCK_STEPS and len(set(tail)) <= STUCK_CELLS)
+                self.cells[env] = []
+        return frames, reward, terminated, truncated, info
+
+
+def with_stuck(evaluation, num_levels, episodes=5):
+    """The result of `evaluation()` (a run of `evaluate()` on num_levels levels), with `stuck`
+    (levels, episodes) added: the evaluation's envs are StuckGridWorlds while it runs."""
+    StuckGridWorld.made.clear()
+    batched, grid.BatchedGridWorld = grid.BatchedGridWorld, StuckGridWorld
+    try:
+        result = evaluation()
+    finally:
+        grid.BatchedGridWorld = batched
+    stuck = [env[:episodes] for made in StuckGridWorld.made for env in made.stuck]
+    return dict(result, stuck=np.array(stuck[:num_levels]))
+
+
+def next_episode_outcomes(success, hits, stuck):
+    """From per-level (levels, episodes) success, hit block (-1: none) and stuck: the count of pairs
+    after a success and after a trap, and the fraction of each of OUTCOMES in the episode that follows."""
     before_success, before_hit, after_success, after_hit = success[:, :-1], hits[:, :-1], success[:, 1:], hits[:, 1:]
     after_trap = ~before_success & (before_hit >= 0)
     outcomes = (
@@ -40,13 +79,14 @@ def next_episode_outcomes(success, hits):
         ((after_hit >= 0) & (after_hit != before_hit) & ~after_success)[after_trap],
         after_success[after_trap],
         (after_hit < 0)[after_trap],
+        stuck[:, 1:][after_trap],
     )
     return int(before_success.sum()), int(after_trap.sum()), {name: float(v.mean()) if v.size else float("nan")
                                                                for name, v in zip(OUTCOMES, outcomes)}
 
 
 def row(label, result):
-    successes, traps, outcomes = next_episode_outcomes(result["success"], result["hits"])
+    successes, traps, outcomes = next_episode_outcomes(result["success"], result["hits"], result["stuck"])
     mean = result["success"].mean()
     return f"| {label} | {mean:.3f} | {successes} | {traps} | " + " | ".join(f"{v:.3f}" for v in outcomes.values()) + " |"
 
@@ -65,11 +105,13 @@ def main():
         levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks)
         for sample in (False, True):
             run_args.eval_sample = sample
-            result = grid.evaluate(agent, run_args, levels, np.arange(run_args.num_test_levels), "cpu")
+            result = with_stuck(lambda: grid.evaluate(agent, run_args, levels, np.arange(args.num_test_levels), "cpu"),
+                                  args.num_test_levels)
             rows.append(row(f"`{Path(path).parent.name}`, {'sampled' if sample else 'greedy'}", result))
         grids.add((run_args.grid_size, run_args.num_blocks))
     for grid_size, num_blocks in sorted(grids):
-        result = random_policy_result(grid_size, num_blocks, num_test_levels=args.num_test_levels)
+        result = with_stuck(lambda: random_policy_result(grid_size, num_blocks, num_test_levels=args.num_test_levels),
+                              args.num_test_levels)
         rows.append(row(f"random policy, W {grid_size}, X {num_blocks}", result))
     command = "python benchmark/grid_recovery.py " + " ".join(args.checkpoints)
     text = ["# Gridworld: what the agent does in the test episode after a success or a failure", "",

@@ -110,9 +110,32 @@ def test_recovery_counts_what_follows_a_success_and_a_trap():
     # level 0: trap 1, the same trap, then the goal (block 0) twice; level 1: goal, goal, no hit, trap 2, goal
     success = np.array([[0, 0, 1, 1, 0], [1, 1, 0, 0, 1]], bool)
     hits = np.array([[1, 1, 0, 0, -1], [0, 0, -1, 2, 0]])
-    after_success, after_trap, outcomes = next_episode_outcomes(success, hits)
+    stuck = np.array([[0, 0, 0, 0, 1], [0, 0, 1, 0, 0]], bool)  # only what follows a trap counts
+    after_success, after_trap, outcomes = next_episode_outcomes(success, hits, stuck)
     assert (after_success, after_trap) == (4, 3)  # a no-hit episode is neither
+    assert outcomes["stuck after a trap"] == 0.0
     assert outcomes["goal again after a success"] == 2 / 4  # the goal twice in a row once per level
     assert outcomes["same trap after a trap"] == 1 / 3
     assert outcomes["goal after a trap"] == 2 / 3
     assert outcomes["another trap after a trap"] == 0.0 and outcomes["no block after a trap"] == 0.0
+
+
+def test_an_episode_is_stuck_when_it_ends_on_few_cells_without_a_hit():
+    from grid_recovery import STUCK_STEPS, StuckGridWorld
+
+    levels = dict(starts=np.array([[0, 0]]), blocks=np.array([[[7, 7], [7, 6], [6, 7]]]),
+                  colours=np.full((1, 3, 3), 100, np.uint8), goals=np.array([0]))
+    env = StuckGridWorld(levels, 4, grid_size=8, obs_size=8, max_episode_steps=80)
+    env.set_levels(np.zeros(4, np.int64))
+    left, right, up, down = 0, 1, 2, 3
+    rectangle = [right] * 7 + [down] * 3 + [left] * 7 + [up] * 3  # 20 cells of rows 0-3, clear of the blocks
+    for t in range(80):  # 0: pushes into the border; 1: steps right and back; 2: a lap of 4 cells; 3: a lap of 20
+        env.step(np.array([up, right if t % 2 == 0 else left, (right, down, left, up)[t % 4], rectangle[t % 20]]))
+    assert env.stuck == [[True], [True], [False], [False]] and STUCK_STEPS == 40
+    # an episode that ends on a block is not stuck, however long the agent stood before
+    env.set_levels(np.zeros(4, np.int64))
+    env.agent[0] = [7, 5]
+    for _ in range(STUCK_STEPS):
+        env.step(np.array([down, up, up, up]))
+    env.step(np.array([right, up, up, up]))
+    assert env.stuck[0] == [True, False]
