@@ -10,8 +10,8 @@ Rungs, each a question the memory agent's task depends on (issue: the gridworld 
   L2  the paper's three blocks, memoryless: walking straight to some block, 1/3 success per
       episode on held-out levels (its ceiling without memory). Goal: 0.30 within 1M steps.
   L3  three blocks, memory vs. SNAIL (--levers memory snail): held-out mean success 0.6.
-A lever is a set of flags added to grid_failmem.py's defaults (so a lever's name means the
-defaults of the day plus its flags; the doc names the flags). Every run has one torch thread,
+A lever is a set of flags added to BASE, grid_failmem.py's defaults before 2026-11-26 (the doc
+names the flags). Every run has one torch thread,
 `--parallel` at once; then the TensorBoard logs are read and docs/grid_ladder_{rung}[_{name}].{md,png}
 are written: curves (mean over seeds, band from the lowest to the highest seed) against steps
 and minutes, and a table of each lever's steps to the rung's goal per seed. Rungs judged on held-out
@@ -29,13 +29,17 @@ from grid_random import random_policy
 from learning import launch, machine, mean_and_spread, scalars, smooth, write_doc
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every run starts from grid_failmem.py's defaults as they were before the two-block defaults of 2026-11-26 (the
+# paper's 16 x 16 task, 1,000 training levels, lr 5e-4, bank and SNAIL per trial): the docs here were made on them
+BASE = ["--grid-size", "16", "--num-blocks", "3", "--num-train-levels", "1000", "--learning-rate", "5e-4",
+        "--mem-update", "trial", "--train-history", "trial"]
 # rung -> (flags of every run, the metric, its goal, the budget of the goal in steps)
 RUNGS = {
-    "L1": (["--agent", "ppo-finetune", "--num-blocks", "1", "--eval-every", "0", "--num-test-levels", "5"],
+    "L1": (BASE + ["--agent", "ppo-finetune", "--num-blocks", "1", "--eval-every", "0", "--num-test-levels", "5"],
            "train", 0.9, 120_000),
-    "L2": (["--agent", "ppo-finetune", "--num-blocks", "3", "--eval-levels", "100", "--num-test-levels", "100"],
+    "L2": (BASE + ["--agent", "ppo-finetune", "--num-blocks", "3", "--eval-levels", "100", "--num-test-levels", "100"],
            "heldout", 0.30, 1_000_000),
-    "L3": (["--num-blocks", "3", "--eval-levels", "100"], "heldout", 0.6, None),
+    "L3": (BASE + ["--num-blocks", "3", "--eval-levels", "100"], "heldout", 0.6, None),
 }
 PAPER_NET = ["--cnn-channels", "16", "32", "32", "--cnn-blocks", "2", "--cnn-out", "256", "--snail-blocks", "2",
              "--snail-filters", "32"]

@@ -100,7 +100,7 @@ def test_learning_curves_read_agent_at_exp_name_runs_and_refuse_them_when_traini
 def test_ladder_reads_the_grid_of_its_runs_from_their_flags():
     import grid_ladder
 
-    assert grid_ladder.grid_flags([]) == (16, 3)
+    assert grid_ladder.grid_flags(grid_ladder.RUNGS["L3"][0]) == (16, 3)  # the ladder's runs pin the paper's task
     assert grid_ladder.grid_flags(["--num-blocks", "3", "--grid-size", "8", "--num-blocks", "2"]) == (8, 2)
 
 

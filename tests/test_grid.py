@@ -282,10 +282,8 @@ def test_trial_memory_follows_the_success_bank_clearing():
 
 # --- agent ---------------------------------------------------------------------------------
 def small_args(**overrides):
-    args = gf.Args(obs_size=16, trial_len=12, mem_size=3, mem_len=4, embed_dim=16, num_heads=4)
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
+    small = dict(grid_size=W, num_blocks=X, obs_size=16, trial_len=12, mem_size=3, mem_len=4, embed_dim=16, num_heads=4)
+    return gf.Args(**{**small, **overrides})
 
 
 @pytest.mark.parametrize("time_aware", [False, True])
@@ -294,7 +292,7 @@ def test_step_mode_matches_whole_trial(agent_name, time_aware):
     """The rollout's per-step outputs and the update's whole-trial outputs are the same numbers,
     so PPO's first ratio is 1."""
     torch.manual_seed(0)
-    args = small_args(agent=agent_name, time_aware_value=time_aware)
+    args = small_args(agent=agent_name, time_aware_value=time_aware, train_history="trial")
     agent = gf.Agent(args, 4)
     B, T = 3, args.trial_len
     frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
@@ -355,7 +353,7 @@ def test_episode_history_steps_match_whole_trial_and_hide_earlier_episodes():
         changed = agent.get_action_and_value(other, prev_actions, prev_rewards, starts, [bank], actions)[3]
         torch.testing.assert_close(changed[0, 5:], value[0, 5:])
         assert not torch.allclose(changed[0, :5], value[0, :5], atol=1e-4)
-        trial = gf.Agent(small_args(agent="memory"), 4)
+        trial = gf.Agent(small_args(agent="memory", train_history="trial"), 4)
         trial.load_state_dict(agent.state_dict())
         seen = trial.get_action_and_value(other, prev_actions, prev_rewards, starts, [bank], actions)[3]
         before = trial.get_action_and_value(frames, prev_actions, prev_rewards, starts, [bank], actions)[3]
