@@ -1093,10 +1093,14 @@ def save_checkpoint(path, state):
         os.close(directory)
 
 
+# what runs did before these flags existed, for checkpoints older than them (their defaults have changed since)
+PREDATED_FLAGS = dict(mem_update="trial", train_history="trial")
+
+
 def checkpoint_args(checkpoint):
-    """The flags a checkpoint was made with, as Args (fields it predates get their defaults)."""
+    """The flags a checkpoint was made with, as Args (fields it predates: PREDATED_FLAGS, or their defaults)."""
     names = {field.name for field in fields(Args)}
-    return Args(**{key: value for key, value in checkpoint["args"].items() if key in names})
+    return Args(**{key: value for key, value in {**PREDATED_FLAGS, **checkpoint["args"]}.items() if key in names})
 
 
 def read_checkpoint(path, flag="--checkpoint"):
@@ -1265,9 +1269,9 @@ def load_checkpoint(path, args, num_actions, device, checkpoint=None):
     """Rebuild the agent the checkpoint was trained as; its architecture flags win. `checkpoint`:
     the file already read by `read_checkpoint`."""
     checkpoint = checkpoint or read_checkpoint(path)
-    for key in ARCHITECTURE:
-        if key in checkpoint["args"]:  # checkpoints older than a flag were made with its default
-            setattr(args, key, checkpoint["args"][key])
+    saved = checkpoint_args(checkpoint)
+    for key in ARCHITECTURE + ("train_history",):  # and how its SNAIL reads whole trials
+        setattr(args, key, getattr(saved, key))
     agent = Agent(args, num_actions).to(device)
     agent.load_state_dict(checkpoint["model"])
     return agent

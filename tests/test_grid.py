@@ -874,6 +874,18 @@ def test_init_from_weights_that_do_not_fit_stop_with_one_line(stopped_run, flags
     assert not (tmp_path / "runs").exists()  # no work started
 
 
+def test_a_checkpoint_older_than_the_history_flags_is_read_as_made_per_trial(stopped_run, tmp_path):
+    """Those flags came later and their defaults changed since: an old run updated bank and SNAIL per trial."""
+    cwd, checkpoint = stopped_run
+    saved = torch.load(cwd / checkpoint, weights_only=True)
+    assert gf.checkpoint_args(saved).mem_update == "episode"  # the stopped run's own flags
+    old = dict(saved, args={k: v for k, v in saved["args"].items() if k not in ("mem_update", "train_history")})
+    assert (gf.checkpoint_args(old).mem_update, gf.checkpoint_args(old).train_history) == ("trial", "trial")
+    torch.save(old, tmp_path / "old.pt")
+    agent = gf.load_checkpoint(str(tmp_path / "old.pt"), gf.Args(), 4, "cpu")
+    assert not agent.episode_history
+
+
 def damaged_checkpoints(checkpoint, folder):
     """(path, flag, what the line must say) for each kind of file no run can use."""
     saved = torch.load(checkpoint, weights_only=True)
