@@ -7,7 +7,7 @@ actions (the paper's test here) and with actions drawn from the policy (`--eval-
 the random policy on the same grid, and counts over every pair of consecutive test episodes (k, k + 1): after
 a success, how often the goal is reached again; after a trap, how often the next episode hits the
 same trap, another trap, the goal, or no block, and how often it ends "stuck": no block hit, and the
-last 40 of its 80 steps on at most 3 cells (a random walk visits about 15). The paper's claim is about the goal after a trap:
+last 40 of its 80 steps on at most 3 cells (the random policy: never). The paper's claim is about the goal after a trap:
 an agent that remembers its failure never hits the same trap twice and, with X = 3, reaches the
 goal in at least half of the episodes after a first failure (Bayes-optimal); a memoryless greedy
 policy walks the same path again. Writes docs/grid_recovery.md.

@@ -45,14 +45,16 @@ def main():
     parser.add_argument("--updates", type=int, default=3, help="training updates timed in (d)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    levels = gf.make_levels("train", 1000, 16, 3)
+    defaults = gf.Args()  # the task of grid_failmem.py's defaults
+    grid, blocks = defaults.grid_size, defaults.num_blocks
+    levels = gf.make_levels("train", 1000, grid, blocks)
     rng = np.random.default_rng(0)
 
-    envs = gf.BatchedGridWorld(levels, args.num_envs, 16, args.obs_size, 80)
+    envs = gf.BatchedGridWorld(levels, args.num_envs, grid, args.obs_size, 80)
     envs.set_levels(rng.integers(1000, size=args.num_envs))
     batched = rate(lambda: envs.step(rng.integers(4, size=args.num_envs)), args.num_envs)
 
-    singles = [gf.GridWorld(levels, 16, args.obs_size, 80) for _ in range(args.num_envs)]
+    singles = [gf.GridWorld(levels, grid, args.obs_size, 80) for _ in range(args.num_envs)]
     for env in singles:
         env.reset(options={"level": int(rng.integers(1000))})
 
@@ -80,7 +82,8 @@ def main():
     text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
             f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
             f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}. "
-            "The memory agent with grid_failmem.py's defaults but the network: "
+            f"The task of grid_failmem.py's defaults ({grid} x {grid} grid, {blocks} blocks); the memory agent with its "
+            "defaults but the network: "
             + "; ".join(f"{name}: `{' '.join(flags)}`" for name, flags in NETWORKS.items()) + ".", "",
             "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
             f"(a)/(b) = {batched / per_env:.1f}. Lean / paper: training {lean['training'] / paper['training']:.2f}x, "
@@ -120,7 +123,7 @@ def network(args, flags, envs, bank):
 
     command = [sys.executable, str(ROOT / "grid_failmem.py"), "--obs-size", str(args.obs_size), "--num-envs",
                str(args.num_envs), "--threads", str(args.threads), "--total-timesteps",
-               str(args.updates * 80 * args.num_envs), "--num-train-levels", "1000", "--eval-every", "0",
+               str(args.updates * 80 * args.num_envs), "--eval-every", "0",
                "--num-test-levels", "1", "--exp-name", "throughput", *flags]
     out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
     training = float(re.findall(r"SPS (\d+)", out)[-1])
