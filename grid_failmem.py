@@ -1103,6 +1103,12 @@ def checkpoint_args(checkpoint):
     return Args(**{key: value for key, value in {**PREDATED_FLAGS, **checkpoint["args"]}.items() if key in names})
 
 
+def first_misfit(error):
+    """The line of load_state_dict's error that names the first weight that does not fit."""
+    lines = str(error).strip().splitlines()
+    return " ".join(lines[1:2] or lines[:1]).strip()
+
+
 def read_checkpoint(path, flag="--checkpoint"):
     """The checkpoint at `path`, checked before any work: whole, written by this script, its weights
     fitting the agent its flags describe, and for --resume holding the training state of a run
@@ -1129,8 +1135,7 @@ def read_checkpoint(path, flag="--checkpoint"):
     try:
         Agent(saved, len(MOVES)).load_state_dict(checkpoint["model"])
     except Exception as error:  # missing or unexpected weights, wrong shapes: the first one named
-        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
-        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({' '.join(detail).strip()})")
+        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({first_misfit(error)})")
     if flag == "--resume":
         if not {"optimizer", "iteration", "global_step", "rng", "banks", "run_name"} <= checkpoint.keys():
             fail("holds the weights only, not the training state --resume needs (--eval-only --checkpoint reads it)")
@@ -1255,13 +1260,13 @@ def init_weights(args, path):
         sys.exit(f"{os.path.basename(__file__)}: error: --init-from {path} {problem}")
 
     checkpoint = read_checkpoint(path, "--init-from")
-    if checkpoint_args(checkpoint).agent != args.agent:
-        fail(f"holds a {checkpoint_args(checkpoint).agent} agent, not the {args.agent} agent --agent asks for")
+    trained_as = checkpoint_args(checkpoint).agent
+    if trained_as != args.agent:
+        fail(f"holds a {trained_as} agent, not the {args.agent} agent --agent asks for")
     try:
         Agent(args, len(MOVES)).load_state_dict(checkpoint["model"])
     except Exception as error:  # the first weight whose shape the flags change, named
-        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
-        fail(f"holds weights that do not fit the network the flags describe ({' '.join(detail).strip()[:200]})")
+        fail(f"holds weights that do not fit the network the flags describe ({first_misfit(error)[:200]})")
     return checkpoint["model"]
 
 

@@ -43,7 +43,7 @@ RUNGS = {
 }
 PAPER_NET = ["--cnn-channels", "16", "32", "32", "--cnn-blocks", "2", "--cnn-out", "256", "--snail-blocks", "2",
              "--snail-filters", "32"]
-LEVERS = {  # name -> flags added to grid_failmem.py's defaults
+LEVERS = {  # name -> flags added to BASE and the rung's flags
     "defaults": [],
     "paper-net": PAPER_NET,
     "cnn-b0": ["--cnn-blocks", "0"],
