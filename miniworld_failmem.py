@@ -8,9 +8,13 @@ an episode ends at a box or after 80 steps and the level restarts. A memory bank
 the last L steps of its failed episodes across trials (Sec. 2), and the policy reads it with a
 Transformer per trajectory and gated attention over the bank.
 
-    python miniworld_failmem.py                      # the memory agent, TensorBoard under runs/
+    python miniworld_failmem.py                      # the memory agent, 32 px, 200 levels: learns on 2 cores
     python miniworld_failmem.py --agent snail        # the SNAIL baseline (no bank)
     python miniworld_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
+    python miniworld_failmem.py --agent ppo-finetune # memoryless, fine-tuned with PPO at test (Sec. 3)
+    python miniworld_failmem.py --obs-size 64 --num-envs 48 --num-workers 2 --num-train-levels 10000 \
+        --learning-rate 2.5e-4 --update-epochs 4 --trials-per-minibatch 12 --gamma 0.999 --total-timesteps 5000000 \
+        --cnn-blocks 2 --snail-blocks 2 --snail-filters 32 --mem-update trial --train-history trial   # the paper's
     python miniworld_failmem.py --track              # also Weights & Biases
     python miniworld_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
     python miniworld_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
@@ -27,6 +31,7 @@ same as in grid_failmem.py.
 """
 
 import contextlib
+import copy
 import io
 import math
 import netrc
@@ -37,6 +42,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 # Headless rendering: both must be set before miniworld (and so pyglet's GL) is imported.
 # LP_NUM_THREADS=0 keeps Mesa's llvmpipe from starting its own threads: faster on few cores, and
@@ -56,7 +62,7 @@ import tyro  # noqa: E402
 from torch.distributions.categorical import Categorical  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from common import SNAIL, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init  # noqa: E402
+from common import SNAIL, CausalAttentionBlock, ImpalaCNN, MemoryReader, TrajectoryEmbedding, layer_init  # noqa: E402
 
 GL_HELP = "install Mesa's EGL and GL drivers, e.g. `apt-get install libegl1 libgl1-mesa-dri`"
 try:
@@ -66,7 +72,8 @@ try:
 except ImportError as error:  # pyglet could not load libEGL
     sys.exit(f"{os.path.basename(__file__)}: error: no headless OpenGL ({error}); {GL_HELP}")
 
-AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix")
+AGENTS = ("memory", "snail", "snail-cat", "memory-sf", "memory-sf-mix", "ppo-finetune", "ppo-finetune-attn")
+MEMORY_AGENTS = ("memory", "memory-sf", "memory-sf-mix")  # the agents with a bank
 
 
 @dataclass
@@ -103,22 +110,32 @@ class Args:
     --total-timesteps, so --resume goes on as if the run had never stopped"""
 
     # Miniworld (Sec. 3.2, Appendix A)
-    obs_size: int = 64
-    """side of the first-person RGB observation in pixels (paper: 64)"""
-    num_train_levels: int = 10000
-    """training levels (paper: 10,000)"""
+    obs_size: int = 32
+    """side of the first-person RGB observation in pixels (paper: 64; 32 trains 3 to 6 times as fast on a CPU,
+    docs/miniworld_throughput.md, and still carries to unseen levels, docs/miniworld_obs.md)"""
+    num_train_levels: int = 200
+    """training levels (paper: 10,000; 200 is what learned navigation on 2 cores, docs/miniworld_hour.md)"""
     num_test_levels: int = 1000
     """held-out test levels for the final evaluation (paper: 1,000)"""
     trial_len: int = 80
     """T: steps per trial, also the episode step limit"""
-    num_workers: int = 2
-    """processes that step the envs, each holding num_envs / num_workers of them (0: all in this process)"""
+    num_workers: int = 0
+    """processes that step the envs, each holding num_envs / num_workers of them (0: all in this process, as
+    docs/miniworld_hour.md ran it; at 32 px 2 workers step 16 envs about 10% faster, docs/miniworld_throughput.md)"""
 
     # Memory bank (Sec. 2)
     mem_size: int = 8
     """N: failed trajectories kept per level, oldest dropped first"""
     mem_len: int = 6
     """L: last steps of a failed episode that are stored"""
+    mem_update: str | None = None
+    """when training episodes enter the bank: episode (as each ends, as at test) or trial (at the trial's end, the
+    paper); not given: episode for the agents with a bank, trial for the others (which have none to update)"""
+    train_history: str | None = None
+    """what the agents' SNAIL sees in training: episode (the current episode; earlier episodes reach the policy
+    through the bank only, as at test with --test-history episode; with --mem-update episode the bank fills within
+    the trial) or trial (every step of the trial so far, Sec. 2.3); not given: episode for the agents with a bank,
+    trial for the others (SNAIL's only memory is the trial)"""
     bank_ram_mb: float = 2048.0
     """bound on the banks' frames in MiB; past it the least recently used level's bank is dropped"""
 
@@ -126,29 +143,44 @@ class Args:
     agent: str = "memory"
     """memory (the paper's method), snail (no bank), snail-cat (SNAIL over the bank's frames
     concatenated before the trial), memory-sf (a second bank of successes), memory-sf-mix (one
-    bank of successes and failures)"""
+    bank of successes and failures), ppo-finetune / ppo-finetune-attn (memoryless, fine-tuned at test)"""
     embed_dim: int = 64
     """E: embedding size"""
+    cnn_channels: tuple[int, ...] = (16, 32, 32)
+    """channels of the IMPALA CNN's stages, each halving the picture (paper: 16 32 32)"""
+    cnn_blocks: int = 0
+    """residual blocks per CNN stage (paper, IMPALA: 2; 0 costs a third as much in the gridworld, README)"""
+    cnn_out: int = 256
+    """the CNN's output features (paper, IMPALA: 256)"""
+    snail_blocks: int = 1
+    """(TC, attention) pairs in SNAIL (SNAIL's RL agents: 2)"""
+    snail_filters: int = 16
+    """filters per TC layer, and the attention's key and value size, in SNAIL (SNAIL's RL agents: 32)"""
     num_heads: int = 4
     """attention heads of the Transformer and the memory read"""
+    time_aware_value: bool = False
+    """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
+    its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it"""
 
     # PPO (Appendix A)
-    total_timesteps: int = 5_000_000
-    """total environment steps of training"""
-    learning_rate: float = 2.5e-4
-    """the Adam learning rate"""
+    total_timesteps: int = 600_000
+    """total environment steps of training (paper: 5M; 600,000 ran 1-2 hours on 2 cores, docs/miniworld_hour.md)"""
+    learning_rate: float = 5e-4
+    """the Adam learning rate (paper: 2.5e-4; 5e-4 learned navigation on 2 cores, docs/miniworld_hour.md)"""
     anneal_lr: bool = True
     """if toggled, the learning rate decays linearly to 0"""
-    num_envs: int = 48
+    num_envs: int = 16
     """parallel envs, each running one trial per rollout (paper: 48 processes)"""
-    trials_per_minibatch: int = 12
-    """trials in one minibatch (paper's batch size 12)"""
-    update_epochs: int = 4
-    """PPO epochs over each rollout"""
-    gamma: float = 0.999
-    """discount factor"""
+    trials_per_minibatch: int = 4
+    """trials in one minibatch (paper's batch size: 12; 4 gives 3x the gradient steps per sample)"""
+    update_epochs: int = 8
+    """PPO epochs over each rollout (paper, CleanRL: 4; 8 learns more per step in the gridworld, README)"""
+    gamma: float = 0.99
+    """discount factor (paper: 0.999; 0.99 learns to reach blocks sooner in the gridworld, docs/grid_levers.md)"""
     gae_lambda: float = 0.95
     """lambda of generalised advantage estimation"""
+    episodic_gae: bool = False
+    """if toggled, returns and advantages stop at each episode's end, not only at the trial's end"""
     norm_adv: str = "minibatch"
     """advantage normalisation: minibatch (CleanRL's), batch (once over the whole rollout), or off"""
     clip_coef: float = 0.2
@@ -171,12 +203,20 @@ class Args:
     """held-out levels in the periodic evaluations (paper's Fig. 3c/d: 200)"""
     eval_episodes: int = 5
     """episodes per held-out level"""
+    test_history: str = "episode"
+    """what the memory agents' SNAIL sees at test: episode (the current episode; earlier failures
+    reach it through the bank only, Sec. 3.1.2) or trial (all 5 episodes, as SNAIL's baseline does)"""
 
     # filled in at run time
     batch_size: int = 0
     """steps per rollout (num_envs * trial_len)"""
     num_iterations: int = 0
     """PPO updates (total_timesteps // batch_size)"""
+
+    def __post_init__(self):  # the defaults of the two history flags depend on whether the agent has a bank
+        with_bank = self.agent in MEMORY_AGENTS
+        self.mem_update = self.mem_update or ("episode" if with_bank else "trial")
+        self.train_history = self.train_history or ("episode" if with_bank else "trial")
 
 
 def check_args(args):
@@ -198,6 +238,14 @@ def check_args(args):
             not 1 <= args.mem_len <= args.trial_len,
             f"--mem-len must be between 1 and --trial-len {args.trial_len}, got {args.mem_len}",
         ),
+        (
+            args.mem_update not in ("trial", "episode"),
+            f"--mem-update must be trial or episode, got {args.mem_update!r}",
+        ),
+        (
+            args.mem_update == "episode" and args.agent not in MEMORY_AGENTS,
+            f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
+        ),
         (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
         (args.num_heads < 1, f"--num-heads must be positive, got {args.num_heads}"),
@@ -207,6 +255,12 @@ def check_args(args):
         (args.update_epochs < 1, f"--update-epochs must be positive, got {args.update_epochs}"),
         (not 0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (not 0 <= args.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {args.gae_lambda}"),
+        (not args.cnn_channels or min(args.cnn_channels) < 1,
+         f"--cnn-channels must be one or more positive numbers, got {' '.join(map(str, args.cnn_channels))}"),
+        (args.cnn_blocks < 0, f"--cnn-blocks must be 0 or positive, got {args.cnn_blocks}"),
+        (args.cnn_out < 1, f"--cnn-out must be positive, got {args.cnn_out}"),
+        (args.snail_blocks < 1, f"--snail-blocks must be positive, got {args.snail_blocks}"),
+        (args.snail_filters < 1, f"--snail-filters must be positive, got {args.snail_filters}"),
         (
             args.norm_adv not in ("minibatch", "batch", "off"),
             f"--norm-adv must be minibatch, batch or off, got {args.norm_adv!r}",
@@ -214,6 +268,18 @@ def check_args(args):
         (args.eval_every < 0, f"--eval-every must be 0 or positive, got {args.eval_every}"),
         (args.eval_levels < 1, f"--eval-levels must be positive, got {args.eval_levels}"),
         (args.eval_episodes < 1, f"--eval-episodes must be positive, got {args.eval_episodes}"),
+        (
+            args.train_history not in ("episode", "trial"),
+            f"--train-history must be trial or episode, got {args.train_history!r}",
+        ),
+        (
+            args.train_history == "episode" and args.agent not in MEMORY_AGENTS,
+            f"--train-history episode needs a memory agent (its bank carries the earlier episodes), got --agent {args.agent}",
+        ),
+        (
+            args.test_history not in ("episode", "trial"),
+            f"--test-history must be episode or trial, got {args.test_history!r}",
+        ),
         (args.threads < 0, f"--threads must be 0 or positive, got {args.threads}"),
         (not 0 <= args.seed < 2**32, f"--seed must be in [0, 2^32), got {args.seed}"),
         (not 0 < args.clip_coef < math.inf, f"--clip-coef must be positive, got {args.clip_coef}"),
@@ -413,7 +479,7 @@ class MiniworldVector:
     `step` returns batched frames, rewards, episode ends and hits."""
 
     def __init__(self, level_sets, num_envs, num_workers, obs_size=64, max_episode_steps=80):
-        self.num_envs = num_envs
+        self.level_sets, self.num_envs = level_sets, num_envs
         workers = max(num_workers, 1)
         make = [
             (lambda i=i: TrialWorker(i, num_envs // workers, level_sets, obs_size, max_episode_steps))
@@ -442,6 +508,22 @@ class MiniworldVector:
 # ---------------------------------------------------------------------------------------------
 # Memory bank (Sec. 2, DESIGN.md Sec. 4): per level a FIFO of the last L steps of failed episodes
 # ---------------------------------------------------------------------------------------------
+class BankView(NamedTuple):
+    """Stored trajectories of a batch of levels as the network reads them: frames (B, M, L, H, W, 3),
+    actions, rewards and valid steps (B, M, L), an empty slot with no valid step; for the update
+    also `visible` (B, T, M), the slots each step of the trial saw (the bank can grow in a trial)."""
+
+    frames: Any
+    actions: Any
+    rewards: Any
+    valid: Any
+    visible: Any = None
+
+    def to(self, device, rows=slice(None)):
+        """As tensors on `device`, only the batch rows `rows`."""
+        return BankView(*(None if x is None else torch.as_tensor(x)[rows].to(device) for x in self))
+
+
 class MemoryBank:
     """`banks[level]` holds at most N trajectories of (frames, actions, rewards, valid), each L
     steps long and padded at the front when its episode was shorter. Frames are bounded by
@@ -516,19 +598,63 @@ class MemoryBank:
         self.evicted = set(state["evicted"].tolist())
 
     def get(self, levels):
-        """The banks of `levels` as arrays: frames (B, N, L, H, W, 3), actions and rewards
-        (B, N, L), valid steps (B, N, L); an empty slot has no valid step."""
-        n, length = self.mem_size, self.mem_len
-        frames = np.zeros((len(levels), n, length, *self.obs_shape), np.uint8)
-        actions = np.zeros((len(levels), n, length), np.int64)
-        rewards = np.zeros((len(levels), n, length), np.float32)
-        valid = np.zeros((len(levels), n, length), bool)
-        for i, level in enumerate(levels):
-            for j, trajectory in enumerate(self.banks.get(level, ())):
-                frames[i, j], actions[i, j], rewards[i, j], valid[i, j] = trajectory
-            if level in self.banks:
-                self.banks.move_to_end(level)
-        return frames, actions, rewards, valid
+        """The banks of `levels` as a BankView of arrays with N slots."""
+        return TrialMemory(self, levels).arrays(self.mem_size)
+
+    def trajectories(self, level):
+        """The trajectories stored for `level`, oldest first; reading a level marks it used."""
+        if level in self.banks:
+            self.banks.move_to_end(level)
+        return self.banks.get(level, [])
+
+
+class TrialMemory:
+    """One bank as the envs of a trial see it, step by step: the trajectories it held when the
+    trial began, then those stored during the trial (`--mem-update episode`), each visible from
+    the step after it was stored until the bank drops it (FIFO, clearing, RAM eviction)."""
+
+    NEVER = 1 << 30
+
+    def __init__(self, bank, levels):
+        self.bank, self.levels = bank, levels
+        self.slots = [list(bank.trajectories(level)) for level in levels]
+        self.added = [[0] * len(slots) for slots in self.slots]
+        self.removed = [[self.NEVER] * len(slots) for slots in self.slots]
+
+    def store(self, env, t, frames, actions, rewards):
+        """The episode of `env` that ended with the transition of step t enters the bank now and
+        is seen from step t + 1; what the bank dropped to make room is gone from step t + 1."""
+        level = self.levels[env]
+        self.bank.add(level, frames, actions, rewards)
+        live = {id(trajectory) for trajectory in self.bank.banks.get(level, ())}
+        for j, trajectory in enumerate(self.slots[env]):
+            if self.removed[env][j] == self.NEVER and id(trajectory) not in live:
+                self.removed[env][j] = t + 1
+        self.slots[env].append(self.bank.banks[level][-1])
+        self.added[env].append(t + 1)
+        self.removed[env].append(self.NEVER)
+        return len(self.slots[env]) - 1
+
+    def visible(self, num_slots, steps):
+        """(B, len(steps), num_slots) bool: slot j is in the bank at step t."""
+        added = np.full((len(self.levels), num_slots), self.NEVER)
+        removed = np.full((len(self.levels), num_slots), self.NEVER)
+        for env, (a, r) in enumerate(zip(self.added, self.removed)):
+            added[env, : len(a)], removed[env, : len(r)] = a, r
+        steps = np.asarray(steps)[None, :, None]
+        return (added[:, None] <= steps) & (steps < removed[:, None])
+
+    def arrays(self, num_slots):
+        """The trajectories as a BankView of arrays with `num_slots` slots."""
+        length, shape = self.bank.mem_len, self.bank.obs_shape
+        frames = np.zeros((len(self.levels), num_slots, length, *shape), np.uint8)
+        actions = np.zeros((len(self.levels), num_slots, length), np.int64)
+        rewards = np.zeros((len(self.levels), num_slots, length), np.float32)
+        valid = np.zeros((len(self.levels), num_slots, length), bool)
+        for env, slots in enumerate(self.slots):
+            for j, trajectory in enumerate(slots):
+                frames[env, j], actions[env, j], rewards[env, j], valid[env, j] = trajectory
+        return BankView(frames, actions, rewards, valid)
 
 
 def rollout_levels(level_rng, num_train_levels, num_envs):
@@ -550,13 +676,20 @@ def ended_episodes(terminated, truncated, success):
                 start = t + 1
 
 
-def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards):
-    """Sec. 2: failures enter the bank; memory-sf keeps successes in a second bank, memory-sf-mix
-    keeps both in one (Sec. 3.4)."""
+def bank_for(agent_name, succeeded):
+    """The bank an episode enters, or None. Sec. 2: failures; Sec. 3.4: memory-sf keeps successes
+    in a second bank, memory-sf-mix keeps both in one; snail has no bank."""
+    if agent_name in ("snail", "ppo-finetune", "ppo-finetune-attn"):
+        return None
     if not succeeded or agent_name == "memory-sf-mix":
-        banks[0].add(level, frames, actions, rewards)
-    elif agent_name == "memory-sf":
-        banks[1].add(level, frames, actions, rewards)
+        return 0
+    return 1 if agent_name == "memory-sf" else None
+
+
+def store_episode(banks, agent_name, level, succeeded, frames, actions, rewards):
+    index = bank_for(agent_name, succeeded)
+    if index is not None:
+        banks[index].add(level, frames, actions, rewards)
 
 
 def make_banks(args, obs_shape, ram_bytes):
@@ -574,7 +707,8 @@ class Agent(nn.Module):
     """memory: SNAIL over the trial + a reader of the failure bank (the paper's method).
     snail: SNAIL alone. snail-cat: SNAIL over the bank's frames concatenated before the trial
     (Sec. 3.1.4). memory-sf: a second bank of successes with its own reader; memory-sf-mix:
-    one bank of both (Sec. 3.4)."""
+    one bank of both (Sec. 3.4). ppo-finetune: a policy on o_t alone; ppo-finetune-attn: with
+    attention over the past steps of the episode (Sec. 3, both fine-tuned at test)."""
 
     def __init__(self, args, num_actions):
         super().__init__()
@@ -582,18 +716,24 @@ class Agent(nn.Module):
         self.num_readers = {"memory": 1, "memory-sf-mix": 1, "memory-sf": 2}.get(args.agent, 0)
         self.use_memory = self.num_readers > 0
         self.prefix_len = args.mem_size * args.mem_len if args.agent == "snail-cat" else 0
+        self.memoryless = args.agent in ("ppo-finetune", "ppo-finetune-attn")
         embed_dim = args.embed_dim
-        self.cnn = ImpalaCNN(args.obs_size, out_dim=256)
+        self.cnn = ImpalaCNN(args.obs_size, channels=args.cnn_channels, out_dim=args.cnn_out, blocks=args.cnn_blocks)
         # v'_o = MLP(CNN(o_t)): the query of the memory read and the observation input of SNAIL
-        self.obs_embed = nn.Sequential(layer_init(nn.Linear(256, embed_dim)), nn.ReLU())
+        self.obs_embed = nn.Sequential(layer_init(nn.Linear(args.cnn_out, embed_dim)), nn.ReLU())
         # SNAIL's input per step: v'_o, previous action, previous reward, episode-start flag
         # (snail-cat: and a flag for the bank's steps)
         trial_in = embed_dim + num_actions + 2 + (1 if self.prefix_len else 0)
-        self.snail = SNAIL(trial_in, embed_dim, seq_len=args.trial_len + self.prefix_len)
+        if not self.memoryless:
+            size = args.snail_filters
+            self.snail = SNAIL(trial_in, embed_dim, args.trial_len + self.prefix_len, size, size, size, args.snail_blocks)
+        if args.agent == "ppo-finetune-attn":
+            self.episode_attention = CausalAttentionBlock(embed_dim, 32, 32)
+            self.episode_out = nn.Sequential(layer_init(nn.Linear(self.episode_attention.out_dim, embed_dim)), nn.ReLU())
         self.trial_mlp = nn.Sequential(layer_init(nn.Linear(embed_dim, embed_dim)), nn.ReLU())
         # per bank: Phi(o, a, r) of a stored step, the trajectory embedding (Sec. 2.1), the read (Sec. 2.2)
         self.step_embed = nn.ModuleList(
-            nn.Sequential(layer_init(nn.Linear(256 + num_actions + 1, embed_dim)), nn.ReLU(),
+            nn.Sequential(layer_init(nn.Linear(args.cnn_out + num_actions + 1, embed_dim)), nn.ReLU(),
                           layer_init(nn.Linear(embed_dim, embed_dim)))
             for _ in range(self.num_readers)
         )
@@ -605,13 +745,14 @@ class Agent(nn.Module):
         # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3); memory-sf concatenates both reads (Fig. C.2)
         self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(256, 1), std=1.0)
+        self.trial_len, self.time_aware = args.trial_len, args.time_aware_value
+        self.episode_history = args.train_history == "episode"
+        self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
 
     def embed_memory(self, bank, reader=0):
-        """Sec. 2.1: v_tau for every slot of the banks (frames (B, N, L, H, W, 3), actions,
-        rewards, valid (B, N, L)) -> (B, N, E), and the slots that hold a trajectory. Only filled
-        slots go through the CNN and the Transformer."""
-        frames, actions, rewards, valid = bank
+        """Sec. 2.1: v_tau for every slot of a BankView -> (B, N, E), and the slots that hold a
+        trajectory. Only filled slots go through the CNN and the Transformer."""
+        frames, actions, rewards, valid = bank.frames, bank.actions, bank.rewards, bank.valid
         slots = valid.any(-1)
         memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
         if slots.any():
@@ -635,7 +776,7 @@ class Agent(nn.Module):
     def memory_prefix(self, bank):
         """snail-cat: the bank's steps as SNAIL inputs (B, N * L, in), each step with its own
         action and reward; empty steps are all zero."""
-        frames, actions, rewards, valid = bank
+        frames, actions, rewards, valid = bank.frames, bank.actions, bank.rewards, bank.valid
         first = valid & ~F.pad(valid, (1, 0))[..., :-1]  # where a stored trajectory starts
         steps = torch.cat([self.obs_embed(self.cnn(frames)), F.one_hot(actions, self.num_actions).float(),
                            rewards[..., None], first[..., None].float(), torch.ones_like(rewards)[..., None]], -1)
@@ -645,42 +786,132 @@ class Agent(nn.Module):
         """What a trial needs before its first step: the bank reads (computed once, Sec. 2.1),
         the SNAIL cache, and for snail-cat the cache filled with the bank's steps."""
         device = self.actor.weight.device
-        cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
+        if self.name == "ppo-finetune":
+            return None, []
+        if self.memoryless:  # ppo-finetune-attn keeps the episode's keys, values and ids
+            kv = self.episode_attention.init_cache(batch_size, max_len, device)
+            return dict(kv=kv, episode=torch.zeros(batch_size, max_len, dtype=torch.long, device=device)), []
         memories = self.read_banks(banks)
+        cache = self.snail.init_cache(batch_size, self.prefix_len + max_len, device)
         if self.prefix_len:
             prefix = self.memory_prefix(banks[0])
             for t in range(self.prefix_len):
                 self.snail.step(prefix[:, t], cache, t)
         return cache, memories
 
-    def heads(self, trial_features, obs_embed, memories):
+    def heads(self, trial_features, obs_embed, memories, steps):
+        """Logits and values; `steps` is the position in the trial: the rollout's t, or (T,) for whole trials."""
         hidden = [self.trial_mlp(trial_features)]
         query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
         for read, (memory, slots) in zip(self.memory_read, memories):
             hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
         hidden = self.trunk(torch.cat(hidden, -1))
-        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        if not self.time_aware:
+            return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
+        return self.actor(hidden), self.critic(torch.cat([hidden, place[..., None] / self.trial_len], -1)).squeeze(-1)
 
     def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
         cache, memories = trial_state
         obs_embed = self.obs_embed(self.cnn(frames))
+        if self.name == "ppo-finetune":
+            return self.heads(obs_embed, obs_embed, memories, t)
+        if self.name == "ppo-finetune-attn":
+            episode = (cache["episode"][:, t - 1] if t else 0) + episode_starts.long()
+            cache["episode"][:, t] = episode
+            same_episode = cache["episode"][:, : t + 1] == episode[:, None]
+            read = self.episode_attention.step(obs_embed, cache["kv"], t, same_episode)
+            return self.heads(self.episode_out(read), obs_embed, memories, t)
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
-        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories)
+        return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, t)
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
-        """Whole trials (B, T, ...) at once, as the PPO update sees them."""
+        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank a BankView with `visible`."""
         obs_embed = self.obs_embed(self.cnn(frames))
-        x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
-        if self.prefix_len:
-            x = torch.cat([self.memory_prefix(banks[0]), x], 1)
-        trial_features = self.snail(x)[:, self.prefix_len :]
-        memories = self.read_banks(banks)
-        logits, values = self.heads(trial_features, obs_embed, memories)
+        if self.name == "ppo-finetune":
+            trial_features = obs_embed
+        elif self.name == "ppo-finetune-attn":
+            episode = episode_starts.long().cumsum(1)
+            same_episode = episode[:, :, None] == episode[:, None, :]
+            trial_features = self.episode_out(self.episode_attention(obs_embed, same_episode))
+        else:
+            x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
+            if self.prefix_len:
+                x = torch.cat([self.memory_prefix(banks[0]), x], 1)
+            # --train-history episode: SNAIL restarts at each episode (the rollout calls `restart`)
+            trial_features = self.snail(x, episode_starts if self.episode_history else None)[:, self.prefix_len :]
+        # which slots each step saw, as the bank may grow during the trial
+        memories = [(memory, filled[:, None] & bank.visible) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
+        logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
         dist = Categorical(logits=logits)
         if actions is None:
             actions = dist.sample()
         return actions, dist.log_prob(actions), dist.entropy(), values
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO (Appendix A) over whole sequences: the training trials, and at test ppo-finetune's episodes
+# ---------------------------------------------------------------------------------------------
+def compute_gae(rewards, values, gamma, gae_lambda, ends=None):
+    """Advantages and returns of (B, T) sequences whose last step ends them; `ends` (B, T) bool
+    marks more steps after which the return stops (episode ends, with --episodic-gae)."""
+    with torch.no_grad():
+        advantages = torch.zeros_like(rewards)
+        last_gae = torch.zeros_like(rewards[:, 0])
+        go_on = torch.ones_like(rewards) if ends is None else 1.0 - ends.to(rewards.dtype)
+        for t in reversed(range(rewards.shape[1])):
+            next_value = values[:, t + 1] * go_on[:, t] if t + 1 < rewards.shape[1] else torch.zeros_like(last_gae)
+            delta = rewards[:, t] + gamma * next_value - values[:, t]
+            last_gae = delta + gamma * gae_lambda * go_on[:, t] * last_gae
+            advantages[:, t] = last_gae
+    return advantages, advantages + values
+
+
+def ppo_update(agent, optimizer, args, batch, device):
+    """`update_epochs` epochs of clipped PPO over the sequences in `batch` (tensors (B, T, ...)),
+    `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
+    clipfracs = []
+    if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
+        advantages = batch["advantages"]
+        batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
+    for epoch in range(args.update_epochs):
+        for idx in torch.randperm(len(batch["actions"])).split(args.trials_per_minibatch):
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                batch["frames"][idx].to(device), batch["prev_actions"][idx].to(device),
+                batch["prev_rewards"][idx].to(device), batch["starts"][idx].to(device),
+                [bank.to(device, idx) for bank in batch["banks"]], batch["actions"][idx].to(device),
+            )
+            mb_logprobs, mb_advantages = batch["logprobs"][idx].to(device), batch["advantages"][idx].to(device)
+            mb_returns, mb_values = batch["returns"][idx].to(device), batch["values"][idx].to(device)
+            logratio = newlogprob - mb_logprobs
+            ratio = logratio.exp()
+            with torch.no_grad():
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+            if args.norm_adv == "minibatch" and mb_advantages.numel() > 1:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+            pg_loss = torch.max(
+                -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+            ).mean()
+            if args.clip_vloss:
+                v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+            else:
+                v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+        if args.target_kl is not None and approx_kl > args.target_kl:
+            break
+    return dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item(),
+                old_approx_kl=old_approx_kl.item(), approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,6 +941,8 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     """Run `eval_episodes` greedy episodes on each held-out level, `envs.num_envs` levels side
     by side (the rollout's envs; the last chunk is padded with repeats that are not counted);
     returns per-level arrays."""
+    if agent.memoryless:
+        return evaluate_finetune(agent, args, envs, level_ids, device, video_path)
     episodes, limit = args.eval_episodes, args.trial_len
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
@@ -718,7 +951,7 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     for chunk_start in range(0, len(level_ids), envs.num_envs):
         counted = len(level_ids[chunk_start : chunk_start + envs.num_envs])
         chunk = np.resize(level_ids[chunk_start : chunk_start + envs.num_envs], envs.num_envs)
-        rows = np.arange(len(chunk))
+        rows = np.arange(len(chunk))  # the banks are keyed by env: a padded chunk repeats levels
         frames = envs.set_levels(chunk, split="test")
         banks = make_banks(args, frames.shape[1:], float("inf"))
         cache, memories = agent.begin_trial(bank_tensors(banks, rows, device), len(chunk), episodes * limit)
@@ -737,7 +970,7 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
             logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
             actions = logits.argmax(-1).cpu().numpy()
             if video_path is not None and chunk_start == 0:
-                video_frames.append(video_frame(frames[:3], banks[0].get(rows[:3])[0]))
+                video_frames.append(video_frame(frames[:3], banks[0].get(rows[:3]).frames))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
             frames, rewards, terminated, truncated, info = envs.step(actions)
             ep_rewards[rows, ep_len] = rewards
@@ -753,8 +986,13 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
                     store_episode(banks, args.agent, i, info["success"][i], ep_frames[i, :n],
                                   ep_actions[i, :n], ep_rewards[i, :n])
                 episode[i] += 1
-            if agent.use_memory and len(ended):
-                memories = agent.read_banks(bank_tensors(banks, rows, device))
+            if agent.use_memory and len(ended):  # only the envs whose episode ended are read anew
+                rows_ended = torch.as_tensor(ended, device=device)
+                for (memory, filled), (fresh, fresh_filled) in zip(memories, agent.read_banks(
+                        bank_tensors(banks, ended, device))):
+                    memory[rows_ended], filled[rows_ended] = fresh, fresh_filled
+                if args.test_history == "episode":  # earlier episodes reach the policy through the bank only
+                    agent.snail.restart(cache, rows_ended, t + 1)
             ep_len[terminated | truncated] = 0
             if (episode >= episodes).all():
                 break
@@ -766,8 +1004,59 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     return dict(success=success, hits=hits, returns=returns)
 
 
+def evaluate_finetune(agent, args, envs, level_ids, device, video_path=None):
+    """PPO-finetune (Sec. 3): on each held-out level, starting from the trained weights, greedy
+    episodes, each followed by PPO on its own steps; the trained weights come back after every
+    level and at the end. One room in this process, as the episodes run one after another."""
+    trained = copy.deepcopy(agent.state_dict())
+    episodes, limit = args.eval_episodes, args.trial_len
+    success = np.zeros((len(level_ids), episodes), bool)
+    hits = np.full((len(level_ids), episodes), -1)
+    returns = np.zeros(len(level_ids))
+    env = MiniworldFailmem(envs.level_sets["test"], args.obs_size, limit)
+    video_frames, no_bank = [], np.zeros((1, 0, 1, *env.observation_space.shape), np.uint8)
+    for n, level in enumerate(level_ids):
+        agent.load_state_dict(trained)
+        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+        for k in range(episodes):
+            obs, _ = env.reset(options={"level": int(level)})
+            steps = dict(frames=[], actions=[], logprobs=[], values=[], rewards=[])
+            with torch.no_grad():
+                trial_state = agent.begin_trial([], 1, limit)
+                zero = torch.zeros(1, device=device)
+                for t in range(limit):
+                    if video_path is not None and n < 3:  # no bank: an empty panel beside the view
+                        video_frames.append(video_frame(obs[None], no_bank))
+                    frame = torch.as_tensor(obs, device=device)[None]
+                    logits, value = agent.step(frame, zero.long(), zero, zero + (t == 0), trial_state, t)
+                    action = logits.argmax(-1)
+                    obs, reward, terminated, truncated, info = env.step(int(action))
+                    for key, x in zip(steps, (frame[0], action[0], torch.log_softmax(logits, -1)[0, action[0]],
+                                              value[0], torch.tensor(reward, dtype=torch.float32))):
+                        steps[key].append(x.cpu())
+                    if terminated or truncated:
+                        break
+            success[n, k], hits[n, k] = info["success"], info["hit"]
+            returns[n] += sum(steps["rewards"]).item()
+            episode = {key: torch.stack(x)[None] for key, x in steps.items()}
+            advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma,
+                                                      args.gae_lambda)
+            num_steps = episode["actions"].shape[1]
+            batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
+                         prev_rewards=torch.zeros(1, num_steps), starts=F.pad(torch.ones(1, 1), (0, num_steps - 1)),
+                         banks=[], actions=episode["actions"], logprobs=episode["logprobs"], advantages=advantages,
+                         returns=episode_returns, values=episode["values"])
+            with torch.enable_grad():
+                ppo_update(agent, optimizer, args, batch, device)
+    agent.load_state_dict(trained)
+    env.close()
+    if video_path is not None:
+        write_video(video_path, video_frames)
+    return dict(success=success, hits=hits, returns=returns)
+
+
 def bank_tensors(banks, levels, device):
-    return [[torch.as_tensor(x, device=device) for x in bank.get(levels)] for bank in banks]
+    return [bank.get(levels).to(device) for bank in banks]
 
 
 def summarize(result, num_blocks):
@@ -841,7 +1130,8 @@ def wandb_mode():
 # used, and holding everything a stopped run needs to go on as if it had never stopped
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "miniworld_failmem.py", 1  # the maker's mark, and the layout of the contents
-ARCHITECTURE = ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads")
+ARCHITECTURE = ("agent", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim", "num_heads", "cnn_channels",
+                "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "num_workers",
@@ -864,10 +1154,23 @@ def save_checkpoint(path, state):
         os.close(directory)
 
 
+# what runs did before these flags existed, for checkpoints older than them (their defaults have changed since):
+# the paper's network sizes (ImpalaCNN's and SNAIL's own defaults), the bank and SNAIL per trial, and a test
+# SNAIL that saw the whole trial
+PREDATED_FLAGS = dict(cnn_channels=(16, 32, 32), cnn_blocks=2, cnn_out=256, snail_blocks=2, snail_filters=32,
+                      mem_update="trial", train_history="trial", test_history="trial")
+
+
 def checkpoint_args(checkpoint):
-    """The flags a checkpoint was made with, as Args (fields it predates get their defaults)."""
+    """The flags a checkpoint was made with, as Args (fields it predates: PREDATED_FLAGS, or their defaults)."""
     names = {field.name for field in fields(Args)}
-    return Args(**{key: value for key, value in checkpoint["args"].items() if key in names})
+    return Args(**{key: value for key, value in {**PREDATED_FLAGS, **checkpoint["args"]}.items() if key in names})
+
+
+def first_misfit(error):
+    """The line of load_state_dict's error that names the first weight that does not fit."""
+    lines = str(error).strip().splitlines()
+    return " ".join(lines[1:2] or lines[:1]).strip()
 
 
 def read_checkpoint(path, flag="--checkpoint"):
@@ -896,8 +1199,7 @@ def read_checkpoint(path, flag="--checkpoint"):
     try:
         Agent(saved, len(ACTION_NAMES)).load_state_dict(checkpoint["model"])
     except Exception as error:  # missing or unexpected weights, wrong shapes: the first one named
-        detail = str(error).strip().splitlines()[1:2] or str(error).strip().splitlines()[:1]
-        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({' '.join(detail).strip()})")
+        fail(f"holds weights that do not fit the {saved.agent} agent its flags describe ({first_misfit(error)})")
     if flag == "--resume":
         if not {"optimizer", "iteration", "global_step", "rng", "banks", "run_name"} <= checkpoint.keys():
             fail("holds the weights only, not the training state --resume needs (--eval-only --checkpoint reads it)")
@@ -1020,9 +1322,9 @@ def load_checkpoint(path, args, num_actions, device, checkpoint=None):
     """Rebuild the agent the checkpoint was trained as; its architecture flags win. `checkpoint`:
     the file already read by `read_checkpoint`."""
     checkpoint = checkpoint or read_checkpoint(path)
-    for key in ARCHITECTURE:
-        if key in checkpoint["args"]:  # checkpoints older than a flag were made with its default
-            setattr(args, key, checkpoint["args"][key])
+    saved = checkpoint_args(checkpoint)
+    for key in ARCHITECTURE + ("train_history",):  # and how its SNAIL reads whole trials
+        setattr(args, key, getattr(saved, key))
     agent = Agent(args, num_actions).to(device)
     agent.load_state_dict(checkpoint["model"])
     return agent
@@ -1128,19 +1430,23 @@ if __name__ == "__main__":
         # rollout: one trial of T steps per env on a freshly drawn training level
         levels = rollout_levels(level_rng, args.num_train_levels, args.num_envs)
         frames = envs.set_levels(levels)
-        trial_banks = bank_tensors(banks, levels, "cpu")  # the banks as they were when the trial began
+        trial_memories = [TrialMemory(bank, levels) for bank in banks]
+        # slots a trial can see: the bank's N, and with --mem-update episode one per episode it stores
+        num_slots = args.mem_size + (args.trial_len if args.mem_update == "episode" else 0)
+        episode_begin = np.zeros(args.num_envs, np.int64)
         with torch.no_grad():
-            # Sec. 2.1: trajectory embeddings once per trial, not per step
-            trial_state = agent.begin_trial([[x.to(device) for x in bank] for bank in trial_banks], args.num_envs,
-                                            args.trial_len)
+            start = [tm.arrays(num_slots).to(device) for tm in trial_memories]
+            cache, memories = agent.begin_trial(start, args.num_envs, args.trial_len)  # Sec. 2.1: once per trial
             prev_actions = torch.zeros(args.num_envs, dtype=torch.long)
             prev_rewards, starts = torch.zeros(args.num_envs), torch.ones(args.num_envs)
             for t in range(args.trial_len):
                 frames_buf[:, t] = torch.from_numpy(frames)
                 prev_actions_buf[:, t], prev_rewards_buf[:, t], starts_buf[:, t] = prev_actions, prev_rewards, starts
+                seen = [(memory, filled & torch.as_tensor(tm.visible(num_slots, [t])[:, 0], device=device))
+                        for (memory, filled), tm in zip(memories, trial_memories)]
                 logits, value = agent.step(
                     frames_buf[:, t].to(device), prev_actions.to(device), prev_rewards.to(device),
-                    starts.to(device), trial_state, t,
+                    starts.to(device), (cache, seen), t,
                 )
                 dist = Categorical(logits=logits)
                 action = dist.sample()
@@ -1149,67 +1455,43 @@ if __name__ == "__main__":
                 rewards_buf[:, t] = torch.from_numpy(reward)
                 terminated_buf[:, t], truncated_buf[:, t], success_buf[:, t] = terminated, truncated, info["success"]
                 prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
-                starts = torch.from_numpy((terminated | truncated).astype(np.float32))
+                done = terminated | truncated
+                starts = torch.from_numpy(done.astype(np.float32))
+                if agent.episode_history and done.any():
+                    agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done), device=device), t + 1)
+                if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step
+                    for env in np.flatnonzero(done):
+                        index = bank_for(args.agent, info["success"][env])
+                        if index is None:
+                            continue
+                        steps = slice(episode_begin[env], t + 1)
+                        slot = trial_memories[index].store(env, t, frames_buf[env, steps].numpy(),
+                                                           actions_buf[env, steps].numpy(), rewards_buf[env, steps].numpy())
+                        stored = BankView(*(torch.as_tensor(x, device=device)[None, None]
+                                            for x in trial_memories[index].slots[env][slot]))
+                        vectors, filled = memories[index]
+                        vectors[env, slot], filled[env, slot] = agent.embed_memory(stored, index)[0][0, 0], True
+                episode_begin[done] = t + 1
         global_step += args.batch_size
 
-        # Sec. 2: the trial's failed episodes enter their level's bank at the end of the trial
-        if args.agent != "snail":
+        # Sec. 2: by default the trial's failed episodes enter their level's bank at its end
+        if args.mem_update == "trial":
             for env, begin, end, succeeded in ended_episodes(terminated_buf, truncated_buf, success_buf):
                 store_episode(banks, args.agent, levels[env], succeeded, frames_buf[env, begin:end].numpy(),
                               actions_buf[env, begin:end].numpy(), rewards_buf[env, begin:end].numpy())
+        # what the update reads: every slot the trial saw, and at which steps it saw it
+        update_slots = max([args.mem_size] + [len(slots) for tm in trial_memories for slots in tm.slots])
+        trial_banks = [tm.arrays(update_slots)._replace(visible=tm.visible(update_slots, range(args.trial_len))).to("cpu")
+                       for tm in trial_memories]
 
         # GAE over the trial: episodes inside it are not terminal, the trial's end is
-        with torch.no_grad():
-            advantages = torch.zeros(shape)
-            last_gae = torch.zeros(args.num_envs)
-            for t in reversed(range(args.trial_len)):
-                next_value = values_buf[:, t + 1] if t + 1 < args.trial_len else torch.zeros(args.num_envs)
-                delta = rewards_buf[:, t] + args.gamma * next_value - values_buf[:, t]
-                last_gae = delta + args.gamma * args.gae_lambda * last_gae
-                advantages[:, t] = last_gae
-            returns = advantages + values_buf
-            if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-        # PPO epochs over whole trials
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            for idx in torch.randperm(args.num_envs).split(args.trials_per_minibatch):
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                    frames_buf[idx].to(device), prev_actions_buf[idx].to(device), prev_rewards_buf[idx].to(device),
-                    starts_buf[idx].to(device), [[x[idx].to(device) for x in bank] for bank in trial_banks],
-                    actions_buf[idx].to(device),
-                )
-                mb_logprobs, mb_advantages = logprobs_buf[idx].to(device), advantages[idx].to(device)
-                mb_returns, mb_values = returns[idx].to(device), values_buf[idx].to(device)
-                logratio = newlogprob - mb_logprobs
-                ratio = logratio.exp()
-                with torch.no_grad():
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-                if args.norm_adv == "minibatch":
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                pg_loss = torch.max(
-                    -mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                ).mean()
-                if args.clip_vloss:
-                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
-                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-            if args.target_kl is not None and approx_kl > args.target_kl:
-                break
-        losses = dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item())
-        stop_if_not_finite(agent, losses, iteration, checkpoints.signals.kept)
+        ends = torch.from_numpy(terminated_buf | truncated_buf) if args.episodic_gae else None
+        advantages, returns = compute_gae(rewards_buf, values_buf, args.gamma, args.gae_lambda, ends)
+        trials = dict(frames=frames_buf, prev_actions=prev_actions_buf, prev_rewards=prev_rewards_buf, starts=starts_buf,
+                      banks=trial_banks, actions=actions_buf, logprobs=logprobs_buf, advantages=advantages,
+                      returns=returns, values=values_buf)
+        stats = ppo_update(agent, optimizer, args, trials, device)
+        stop_if_not_finite(agent, stats, iteration, checkpoints.signals.kept)
 
         y_pred, y_true = values_buf.flatten().numpy(), returns.flatten().numpy()
         var_y = np.var(y_true)
@@ -1227,22 +1509,18 @@ if __name__ == "__main__":
         # the other two endings: a wrong object (reward -1) or the step limit
         writer.add_scalar("charts/episode_wrong_touch", (rewards_buf < 0).sum().item() / max(episodes_done, 1), global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        for key, value in stats.items():
+            writer.add_scalar(f"losses/{key}", value, global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         for name, bank, trial_bank in zip(("bank", "success_bank"), banks, trial_banks):
             writer.add_scalar(f"memory/{name}_levels", len(bank.banks), global_step)
             writer.add_scalar(f"memory/{name}_trajectories", bank.num_trajectories, global_step)
             writer.add_scalar(f"memory/{name}_mb", bank.nbytes / 2**20, global_step)
             writer.add_scalar(f"memory/{name}_evicted_levels", bank.evicted_levels, global_step)
-            filled = trial_bank[3].any(-1)  # (envs, slots)
+            filled = trial_bank.valid.any(-1)  # (envs, slots)
             writer.add_scalar(f"memory/{name}_filled_slots_per_trial", filled.sum(1).float().mean(), global_step)
             if filled.any():  # what the reader saw: stored episodes that ended on a wrong object, not the step limit
-                touched = (trial_bank[2] < 0).any(-1)
+                touched = (trial_bank.rewards < 0).any(-1)
                 writer.add_scalar(f"memory/{name}_wrong_touch_share", touched[filled].float().mean(), global_step)
         print(
             f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} | "
