@@ -1,6 +1,7 @@
 """reacher_failmem.py: the UR5's kinematics, the reacher's rules, its levels, the banks of the
-memory-sf / memory-sf-mix agents, and one tiny end-to-end run of each agent in a subprocess (as
-CleanRL tests its scripts)."""
+memory-sf / memory-sf-mix agents, the bank and SNAIL per episode (rollout == update), the
+evaluation's test history and PPO-finetune, checkpoints older than the network and history flags,
+and one tiny end-to-end run of each agent in a subprocess (as CleanRL tests its scripts)."""
 
 import math
 import os
@@ -19,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import reacher_failmem as rf  # noqa: E402
+
+torch.set_num_threads(1)  # the in-process tests; many small ops run slower on 2 threads of a busy machine
 
 NOOP = 13  # MOVES[13] == (0, 0, 0)
 
@@ -347,13 +350,20 @@ def test_sf_banks_share_the_ram_bound():
         (["--norm-adv", "yes"], "--norm-adv"),
         (["--num-envs", "-1"], "--num-envs must be positive"),
         (["--max-grad-norm", "-1"], "--max-grad-norm"),
+        (["--mem-update", "step"], "--mem-update"),
+        (["--train-history", "episode", "--agent", "snail"], "--train-history"),
+        (["--test-history", "all"], "--test-history"),
+        (["--cnn-blocks", "-1"], "--cnn-blocks"),
+        (["--snail-filters", "0"], "--snail-filters"),
     ],
 )
-def test_bad_flags_give_one_line_naming_the_flag(flags, name):
-    out = subprocess.run([sys.executable, str(ROOT / "reacher_failmem.py"), *flags], capture_output=True, text=True, timeout=60)
+def test_bad_flags_give_one_line_naming_the_flag(flags, name, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "reacher_failmem.py"), *flags], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()  # pybullet's build-time banner no longer stands before it
     assert len(lines) == 1 and name in lines[0] and "error" in lines[0] and not out.stdout, out.stderr
+    assert not (tmp_path / "runs").exists()  # no work started
 
 
 # --- checkpoints: atomic, resumable bit for bit, checked before any work --------------------
@@ -463,6 +473,14 @@ def test_sigterm_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_p
     (dict(target_kl=0.0), "--target-kl"), (dict(seed=-1), "--seed"), (dict(checkpoint="agent.pt"), "--checkpoint"),
     (dict(eval_only=True, checkpoint=str(ROOT)), f"--checkpoint {ROOT} is not a file"),
     (dict(resume="missing.pt"), "--resume missing.pt does not exist"),
+    (dict(mem_update="step"), "--mem-update"), (dict(mem_update="episode", agent="snail"), "--mem-update"),
+    (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
+    (dict(mem_update="episode", agent="ppo-finetune"), "--mem-update"),
+    (dict(train_history="all"), "--train-history"), (dict(train_history="episode", agent="snail"), "--train-history"),
+    (dict(train_history="episode", agent="ppo-finetune-attn"), "--train-history"),
+    (dict(test_history="all"), "--test-history"), (dict(cnn_channels=()), "--cnn-channels"),
+    (dict(cnn_channels=(16, 0)), "--cnn-channels"), (dict(cnn_blocks=-1), "--cnn-blocks"), (dict(cnn_out=0), "--cnn-out"),
+    (dict(snail_blocks=0), "--snail-blocks"), (dict(snail_filters=0), "--snail-filters"),
 ])
 def test_bad_flag_value_is_named_in_one_line(fields, name):
     with pytest.raises(SystemExit) as stop:
@@ -477,3 +495,284 @@ def test_a_rollout_draws_distinct_levels_unless_there_are_fewer_levels_than_envs
         assert len(set(rf.rollout_levels(rng, 200, 16).tolist())) == 16
     few = rf.rollout_levels(rng, 3, 16)
     assert len(few) == 16 and set(few.tolist()) <= {0, 1, 2}
+
+
+def test_history_flags_default_by_agent_and_good_flags_pass():
+    """--mem-update and --train-history: episode for the agents with a bank, trial for the others."""
+    for agent in rf.AGENTS:
+        args = rf.Args(agent=agent)
+        expected = "episode" if agent in rf.MEMORY_AGENTS else "trial"
+        assert (args.mem_update, args.train_history) == (expected, expected), agent
+        rf.check_args(args)
+    rf.check_args(rf.Args(agent="memory", mem_update="trial", train_history="trial", test_history="trial"))
+
+
+# --- the agent: the rollout's steps are the update's whole trials -----------------------------
+def small_args(**overrides):
+    small = dict(obs_size=16, trial_len=12, mem_size=3, mem_len=4, embed_dim=16, num_heads=4)
+    return rf.Args(**{**small, **overrides})
+
+
+@pytest.mark.parametrize("time_aware", [False, True])
+@pytest.mark.parametrize("agent_name", rf.AGENTS)
+def test_step_mode_matches_whole_trial(agent_name, time_aware):
+    """Every agent, trial history: the rollout's per-step outputs and the update's whole-trial
+    outputs are the same numbers, so PPO's first ratio is 1."""
+    torch.manual_seed(0)
+    args = small_args(agent=agent_name, time_aware_value=time_aware, train_history="trial")
+    agent = rf.Agent(args, len(rf.MOVES))
+    B, T = 3, args.trial_len
+    frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
+    prev_actions, prev_rewards = torch.randint(0, 27, (B, T)), torch.randn(B, T)
+    starts = (torch.rand(B, T) < 0.2).float()
+    banks = []
+    for _ in range(2):
+        bank = rf.BankView(torch.randint(0, 256, (B, 3, 4, 16, 16, 3), dtype=torch.uint8), torch.randint(0, 27, (B, 3, 4)),
+                           torch.randn(B, 3, 4), torch.ones(B, 3, 4, dtype=torch.bool), torch.ones(B, T, 3, dtype=torch.bool))
+        bank.valid[0] = False  # env 0 has an empty bank
+        bank.valid[1, 2] = False
+        bank.valid[2, :, :2] = False
+        banks.append(bank)
+    actions = torch.randint(0, 27, (B, T))
+    with torch.no_grad():
+        _, logprob, _, value = agent.get_action_and_value(frames, prev_actions, prev_rewards, starts, banks, actions)
+        trial_state = agent.begin_trial(banks, B, T)
+        for t in range(T):
+            logits, v = agent.step(frames[:, t], prev_actions[:, t], prev_rewards[:, t], starts[:, t], trial_state, t)
+            step_logprob = torch.log_softmax(logits, -1).gather(1, actions[:, t : t + 1]).squeeze(1)
+            torch.testing.assert_close(step_logprob, logprob[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v, value[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_matches_the_update_with_the_bank_and_snail_per_episode(levels):
+    """--mem-update episode --train-history episode (the memory agent's defaults), on real reachers:
+    env 0 reaches for a trap again and again, so its failures enter the bank in mid-trial (a full
+    bank of N = 2, so each drops the oldest) and SNAIL restarts at each episode. The rollout's
+    log-probs and values, step by step as the script's loop computes them, are those of the update's
+    forward over the whole trial with the BankView's `visible` slots; reading every slot at every
+    step, or the whole trial's history, gives other numbers."""
+    torch.manual_seed(0)
+    T, num_envs = 40, 2
+    args = small_args(agent="memory", trial_len=T, mem_size=2)
+    assert (args.mem_update, args.train_history) == ("episode", "episode")
+    agent = rf.Agent(args, len(rf.MOVES))
+    envs = rf.ReacherVector({"train": levels}, num_envs, 0, 16, T)
+    bank = rf.MemoryBank(args.mem_size, args.mem_len, (16, 16, 3), float("inf"))
+    for value in (1, 2):
+        bank.add(0, *trajectory(5, value, (16, 16, 3)))
+    trial_levels = np.array([0, 1])
+    trial = rf.TrialMemory(bank, trial_levels)
+    num_slots = args.mem_size + T
+    reacher = envs.workers.envs[0]
+    frames = envs.set_levels(trial_levels)
+    trap = (reacher.goal + 1) % rf.NUM_BALLS
+    rng = np.random.default_rng(0)
+    buf = dict(frames=np.zeros((num_envs, T, 16, 16, 3), np.uint8), actions=np.zeros((num_envs, T), np.int64),
+               rewards=np.zeros((num_envs, T), np.float32), starts=np.zeros((num_envs, T), np.float32))
+    prev_actions, prev_rewards = torch.zeros(num_envs, T, dtype=torch.long), torch.zeros(num_envs, T)
+    logprobs, values = torch.zeros(num_envs, T), torch.zeros(num_envs, T)
+    begin = np.zeros(num_envs, np.int64)
+    with torch.no_grad():  # the script's rollout, step for step
+        cache, memories = agent.begin_trial([trial.arrays(num_slots).to("cpu")], num_envs, T)
+        buf["starts"][:, 0] = 1
+        for t in range(T):
+            buf["frames"][:, t] = frames
+            seen = [(memory, filled & torch.as_tensor(trial.visible(num_slots, [t])[:, 0])) for memory, filled in memories]
+            logits, value = agent.step(torch.as_tensor(frames), prev_actions[:, t], prev_rewards[:, t],
+                                       torch.as_tensor(buf["starts"][:, t]), (cache, seen), t)
+            ee, centre = reacher.end_effector(), reacher.centres[trap]
+            over = np.abs(ee[:2] - centre[:2]).max() > 0.02
+            actions = np.array([action_towards(ee, np.array([*centre[:2], ee[2]]) if over else centre), rng.integers(27)])
+            buf["actions"][:, t] = actions
+            logprobs[:, t] = torch.log_softmax(logits, -1)[torch.arange(num_envs), torch.as_tensor(actions)]
+            values[:, t] = value
+            frames, reward, terminated, truncated, info = envs.step(actions)
+            buf["rewards"][:, t] = reward
+            done = terminated | truncated
+            if t + 1 < T:
+                prev_actions[:, t + 1], prev_rewards[:, t + 1] = torch.as_tensor(actions), torch.as_tensor(reward)
+                buf["starts"][:, t + 1] = done
+            if done.any():
+                agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done)), t + 1)
+            for env in np.flatnonzero(done):
+                assert rf.bank_for("memory", info["success"][env]) == (None if info["success"][env] else 0)
+                if info["success"][env]:
+                    continue
+                steps = slice(begin[env], t + 1)
+                slot = trial.store(env, t, buf["frames"][env, steps], buf["actions"][env, steps], buf["rewards"][env, steps])
+                stored = rf.BankView(*(torch.as_tensor(x)[None, None] for x in trial.slots[env][slot]))
+                vectors, filled = memories[0]
+                vectors[env, slot], filled[env, slot] = agent.embed_memory(stored)[0][0, 0], True
+            begin[done] = t + 1
+    envs.close()
+    assert (buf["rewards"][0] == rf.TRAP_REWARD).sum() >= 2 and buf["starts"][0, 1:].sum() >= 2  # failed twice in mid-trial
+
+    update_slots = max([args.mem_size] + [len(slots) for slots in trial.slots])
+    view = trial.arrays(update_slots)._replace(visible=trial.visible(update_slots, range(T))).to("cpu")
+    visible = view.visible[0]
+    assert visible[0, :2].all() and not visible[-1, :2].any()  # the bank's two dropped in mid-trial
+    stored = len(trial.slots[0])  # the bank's 2, then the trial's failures
+    assert stored >= 4 and not visible[0, 2:stored].any() and visible[:, 2:stored].any(0).all()  # each seen in mid-trial
+    assert (visible.sum(1) <= args.mem_size).all()  # never more than the bank holds
+    whole = (torch.as_tensor(buf["frames"]), prev_actions, prev_rewards, torch.as_tensor(buf["starts"]))
+    actions = torch.as_tensor(buf["actions"])
+    with torch.no_grad():
+        _, update_logprobs, _, update_values = agent.get_action_and_value(*whole, [view], actions)
+        torch.testing.assert_close(update_logprobs, logprobs, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(update_values, values, atol=1e-5, rtol=1e-5)
+        every_slot = view._replace(visible=torch.ones_like(view.visible))
+        assert not torch.allclose(agent.get_action_and_value(*whole, [every_slot], actions)[3][0], values[0], atol=1e-4)
+        trial_history = rf.Agent(small_args(agent="memory", trial_len=T, mem_size=2, train_history="trial"), 27)
+        trial_history.load_state_dict(agent.state_dict())
+        assert not torch.allclose(trial_history.get_action_and_value(*whole, [view], actions)[3][0], values[0], atol=1e-4)
+
+
+def test_episodic_gae_stops_the_return_at_episode_ends():
+    """--episodic-gae: the advantages of a trial with an episode end after step 2 are those of
+    its two episodes computed apart; without it the first episode's returns see the second's."""
+    rewards = torch.tensor([[0.0, 0.0, -1.0, 0.0, 5.0]])
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]])
+    ends = torch.tensor([[False, False, True, False, False]])
+    adv, ret = rf.compute_gae(rewards, values, 0.9, 0.8, ends)
+    first, _ = rf.compute_gae(rewards[:, :3], values[:, :3], 0.9, 0.8)
+    second, _ = rf.compute_gae(rewards[:, 3:], values[:, 3:], 0.9, 0.8)
+    torch.testing.assert_close(adv, torch.cat([first, second], 1))
+    torch.testing.assert_close(ret, adv + values)
+    across, _ = rf.compute_gae(rewards, values, 0.9, 0.8)
+    assert across[0, 2] > adv[0, 2]  # across episodes the trap's step sees the goal after it
+
+
+def test_trial_memory_shows_each_stored_episode_from_the_next_step():
+    bank = rf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
+    bank.add(5, *trajectory(5, 1))
+    trial = rf.TrialMemory(bank, [5, 6])
+    assert trial.store(0, 3, *trajectory(4, 2)) == 1  # env 0 (level 5) fails at step 3
+    assert trial.store(0, 7, *trajectory(4, 3)) == 2  # and at step 7: the bank drops trajectory 1
+    assert trial.store(1, 0, *trajectory(1, 4)) == 0  # env 1 (level 6) fails at step 0
+    visible = trial.visible(4, range(10))
+    assert visible[0, :, 0].tolist() == [True] * 8 + [False] * 2  # in the bank until step 7's episode
+    assert visible[0, :, 1].tolist() == [False] * 4 + [True] * 6
+    assert visible[0, :, 2].tolist() == [False] * 8 + [True] * 2
+    assert visible[1, :, 0].tolist() == [False] + [True] * 9
+    assert not visible[:, :, 3].any() and not visible[1, :, 1:].any()
+    assert [t[0][-1, 0, 0, 0] for t in bank.banks[5]] == [2, 3]  # the bank itself is a FIFO of N = 2
+
+
+# --- evaluation: test history, PPO-finetune ----------------------------------------------------
+@pytest.mark.parametrize("test_history", ["episode", "trial"])
+def test_evaluation_reads_only_ended_envs_and_restarts_snail_per_episode(test_history, monkeypatch):
+    """3 held-out levels on 2 envs (the second chunk padded with a repeat that is not counted),
+    4-step episodes (too short to reach a ball: every one runs out): each ended episode re-reads
+    only its own env's bank; with --test-history episode the memory agent's SNAIL starts anew with
+    each episode, with trial it sees the whole 3-episode trial."""
+    torch.manual_seed(0)
+    args = small_args(agent="memory", trial_len=4, eval_episodes=3, test_history=test_history)
+    agent = rf.Agent(args, len(rf.MOVES)).eval()
+    envs = rf.ReacherVector({"train": rf.make_levels("train", 1), "test": rf.make_levels("test", 3)}, 2, 0, 16, 4)
+    reads, restarts = [], []
+    read_banks, restart = agent.read_banks, agent.snail.restart
+    monkeypatch.setattr(agent, "read_banks", lambda banks: reads.append(len(banks[0].valid)) or read_banks(banks))
+    monkeypatch.setattr(agent.snail, "restart", lambda cache, rows, t: restarts.append((rows.tolist(), t))
+                        or restart(cache, rows, t))
+    result = rf.evaluate(agent, args, envs, np.arange(3), "cpu")
+    envs.close()
+    assert (result["hits"] == -1).all() and result["success"].shape == (3, 3)
+    assert reads == [2, 2, 2, 2, 2, 1, 1, 1]  # each chunk's start, then the envs whose episode ended
+    if test_history == "trial":
+        assert restarts == []
+    else:
+        assert restarts == [([0, 1], 4), ([0, 1], 8), ([0, 1], 12), ([0], 4), ([0], 8), ([0], 12)]
+
+
+def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeypatch):
+    """ppo-finetune-attn at test: PPO after every episode of every level, one reacher of the
+    held-out levels (not the rollout's envs), and the trained weights back afterwards."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    args = small_args(agent="ppo-finetune-attn", trial_len=10, eval_episodes=3, learning_rate=1e-2)
+    agent = rf.Agent(args, len(rf.MOVES))
+    trained = {k: v.clone() for k, v in agent.state_dict().items()}
+    calls, changed = [], []
+    original = rf.ppo_update
+
+    def counting_update(model, optimizer, update_args, batch, device):
+        before = [p.clone() for p in model.parameters()]
+        stats = original(model, optimizer, update_args, batch, device)
+        changed.append(any(not torch.equal(p, q) for p, q in zip(before, model.parameters())))
+        calls.append(batch["actions"].shape)
+        return stats
+
+    monkeypatch.setattr(rf, "ppo_update", counting_update)
+    envs = SimpleNamespace(level_sets={"test": rf.make_levels("test", 2)})  # all evaluate_finetune reads of them
+    result = rf.evaluate(agent, args, envs, np.arange(2), "cpu")
+    assert len(calls) == 2 * 3 and all(changed)
+    assert all(shape[0] == 1 and 1 <= shape[1] <= 10 for shape in calls)
+    assert result["success"].shape == (2, 3)
+    for key, value in agent.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+# --- the script end to end: the new agents, bank and history per episode, old checkpoints -------
+def run_script(*flags, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    return subprocess.run([sys.executable, str(ROOT / "reacher_failmem.py"), *flags], cwd=cwd, capture_output=True,
+                          text=True, timeout=240, env=dict(env, PYTHONPATH=str(ROOT)))
+
+
+@pytest.mark.parametrize("agent", ["ppo-finetune", "ppo-finetune-attn"])
+def test_finetune_agents_train_checkpoint_and_evaluate(tmp_path, agent):
+    out = run_script("--agent", agent, "--exp-name", "test", *TINY, "--total-timesteps", "80", "--eval-every", "1",
+                     "--trials-per-minibatch", "2", "--num-workers", "0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "update 2/2" in out.stdout and "evaluation at step 80" in out.stdout
+    updates = [line for line in out.stdout.splitlines() if line.startswith("update ")]
+    assert len(updates) == 2 and all("bank 0 trajectories" in line for line in updates)  # memoryless: stores nothing
+    run_dir = next((tmp_path / "runs").glob(f"reacher__test__{agent}__*"))
+    assert len(scalars(run_dir, "eval/mean_success")) == 2
+    checkpoint = out.stdout.split("checkpoint: ")[1].split()[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    assert "bayes-optimal   0.333  0.667" in evaluate_checkpoint(str(ROOT / "reacher_failmem.py"), checkpoint, tmp_path,
+                                                                   dict(env, PYTHONPATH=str(ROOT)))
+
+
+@pytest.mark.parametrize("mem_update, train_history", [("trial", "trial"), ("episode", "trial"), ("episode", "episode")])
+def test_rollout_matches_update_end_to_end(tmp_path, mem_update, train_history):
+    """The script's own loop, one epoch of one minibatch: the update's log-probs equal the rollout's
+    (approximate KL ~ 0), with either bank update and either history; one training level, so the
+    later trials read the failures the earlier ones stored."""
+    out = run_script("--exp-name", "kl", *TINY, "--trials-per-minibatch", "2", "--num-train-levels", "1", "--eval-every",
+                     "0", "--total-timesteps", "120", "--num-workers", "0", "--mem-update", mem_update,
+                     "--train-history", train_history, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").glob("reacher__kl__*"))
+    assert max(abs(kl) for kl in scalars(run_dir, "losses/approx_kl")) < 1e-6
+    assert max(abs(kl) for kl in scalars(run_dir, "losses/old_approx_kl")) < 1e-5
+    assert scalars(run_dir, "memory/bank_filled_slots_per_trial")[-1] > 0
+
+
+NEW_FLAGS = ("cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value", "mem_update",
+             "train_history", "episodic_gae", "test_history")
+
+
+def test_a_checkpoint_older_than_the_network_and_history_flags_loads_and_evaluates(tmp_path):
+    """Before these flags the reacher built the paper's IMPALA CNN (2 residual blocks a stage) and
+    SNAIL (2 pairs of 32 filters), and updated bank and SNAIL per trial: a checkpoint without the
+    flags is read so, its weights fit, and --eval-only evaluates it with either test history."""
+    paper_sizes = small_args(agent="memory", trial_len=20, cnn_blocks=2, snail_blocks=2, snail_filters=32)
+    model = rf.Agent(paper_sizes, len(rf.MOVES)).state_dict()
+    with pytest.raises(RuntimeError):  # the lean defaults would not fit them
+        rf.Agent(small_args(agent="memory", trial_len=20), len(rf.MOVES)).load_state_dict(model)
+    old_args = {key: value for key, value in vars(paper_sizes).items() if key not in NEW_FLAGS}
+    torch.save(dict(script="reacher_failmem.py", format=1, args=old_args, model=model), tmp_path / "old.pt")
+    saved = rf.read_checkpoint(str(tmp_path / "old.pt"))
+    read = rf.checkpoint_args(saved)
+    assert (read.cnn_blocks, read.snail_blocks, read.snail_filters, read.cnn_channels, read.cnn_out) == (2, 2, 32, (16, 32, 32), 256)
+    assert (read.mem_update, read.train_history) == ("trial", "trial")
+    agent = rf.load_checkpoint(str(tmp_path / "old.pt"), rf.Args(), len(rf.MOVES), "cpu")
+    assert not agent.episode_history and len(agent.snail.layers) == 4
+    for test_history in ("trial", "episode"):
+        out = run_script("--eval-only", "--checkpoint", "old.pt", "--test-history", test_history, "--num-test-levels", "2",
+                         "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "old.pt: 2 held-out levels" in out.stdout and "bayes-optimal   0.333  0.667" in out.stdout
