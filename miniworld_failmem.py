@@ -8,7 +8,7 @@ an episode ends at a box or after 80 steps and the level restarts. A memory bank
 the last L steps of its failed episodes across trials (Sec. 2), and the policy reads it with a
 Transformer per trajectory and gated attention over the bank.
 
-    python miniworld_failmem.py                      # the memory agent, 32 px, 200 levels: learns on 2 cores
+    python miniworld_failmem.py                      # the memory agent, the CPU recipe (32 px, 200 levels, README)
     python miniworld_failmem.py --agent snail        # the SNAIL baseline (no bank)
     python miniworld_failmem.py --agent memory-sf    # also snail-cat, memory-sf-mix (Sec. 3.1.4, 3.4)
     python miniworld_failmem.py --agent ppo-finetune # memoryless, fine-tuned with PPO at test (Sec. 3)
@@ -19,9 +19,9 @@ Transformer per trajectory and gated attention over the bank.
     python miniworld_failmem.py --eval-only --checkpoint runs/RUN/agent.pt
     python miniworld_failmem.py --resume runs/RUN/agent.pt       # go on with a stopped run
 
-Rendering is the cost (Mesa's software rasteriser through headless EGL), so the envs run in
-`--num-workers` processes (gymnasium's AsyncVectorEnv), each stepping its share of the
-`--num-envs` envs one after another. No display is needed; without a working EGL the script
+Rendering is the cost (Mesa's software rasteriser through headless EGL), so the envs can run in
+`--num-workers` processes (gymnasium's AsyncVectorEnv; 0, the default, steps them in this one),
+each stepping its share of the `--num-envs` envs one after another. No display is needed; without a working EGL the script
 stops with one line saying what to install.
 
 Where the paper's parts are, top to bottom: the Miniworld room (Sec. 3.2, Appendix A), the

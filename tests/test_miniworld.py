@@ -1,5 +1,5 @@
 """Tests of miniworld_failmem.py: the room's rules first, then the script end to end in a
-subprocess, as CleanRL tests its scripts. Headless (EGL); about 1.5 minutes on 2 busy cores."""
+subprocess, as CleanRL tests its scripts. Headless (EGL); about 2.5 minutes on 2 busy cores."""
 
 import math
 import os
