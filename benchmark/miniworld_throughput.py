@@ -4,7 +4,9 @@
   (b) the vector of --num-envs envs (MiniworldVector) with 0, 1, 2, ... worker processes,
       including one env per worker, random actions
   (c) rollout inference: the memory agent's step (CNN, SNAIL cache, bank read) + the vector
-  (d) training: miniworld_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it
+  (d) training: miniworld_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it,
+      with the defaults (the lean network, 8 epochs, 4 trials a minibatch) and as before 2026-11-26
+      (the paper's network sizes, 4 epochs, 12 trials a minibatch): the ratio of the two is the port's
 
     python benchmark/miniworld_throughput.py [--obs-sizes 32 64] [--num-envs 16] [--threads 1]
 
@@ -27,6 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import miniworld_failmem as mf  # noqa: E402
 from timing import cpu_name, rate  # noqa: E402
+
+# the network and update of miniworld_failmem.py before it took the gridworld's defaults
+BEFORE = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32", "--update-epochs", "4",
+          "--trials-per-minibatch", "12"]
 
 
 def load():
@@ -95,14 +101,15 @@ def main():
         vector.close()
 
         for agent_name in ("memory", "snail"):
-            command = [sys.executable, str(ROOT / "miniworld_failmem.py"), "--agent", agent_name,
-                       "--obs-size", str(size), "--num-envs", str(args.num_envs), "--num-workers", "2",
-                       "--threads", str(args.threads), "--total-timesteps", str(args.updates * 80 * args.num_envs),
-                       "--num-train-levels", "1000", "--eval-every", "0", "--num-test-levels", "1",
-                       "--eval-episodes", "1", "--exp-name", "throughput"]
-            out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
-            training = float(re.findall(r"SPS (\d+)", out)[-1])
-            rows.append((size, f"(d) training (rollout + PPO), {agent_name} agent, 2 workers", training))
+            for setting, flags in (("defaults", []), ("before: paper's network, 4 epochs, 12 trials a minibatch", BEFORE)):
+                command = [sys.executable, str(ROOT / "miniworld_failmem.py"), "--agent", agent_name,
+                           "--obs-size", str(size), "--num-envs", str(args.num_envs), "--num-workers", "2",
+                           "--threads", str(args.threads), "--total-timesteps", str(args.updates * 80 * args.num_envs),
+                           "--num-train-levels", "1000", "--eval-every", "0", "--num-test-levels", "1",
+                           "--eval-episodes", "1", "--exp-name", "throughput", *flags]
+                out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
+                training = float(re.findall(r"SPS (\d+)", out)[-1])
+                rows.append((size, f"(d) training (rollout + PPO), {agent_name} agent, 2 workers, {setting}", training))
 
     command = " ".join(["python benchmark/miniworld_throughput.py", "--obs-sizes", *map(str, args.obs_sizes),
                         "--num-envs", str(args.num_envs), "--workers", *map(str, args.workers), "--threads", str(args.threads)])

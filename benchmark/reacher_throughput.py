@@ -23,6 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import reacher_failmem as rf  # noqa: E402
 
+# the network and update of reacher_failmem.py before it took the gridworld's defaults
+BEFORE = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32", "--update-epochs", "4",
+          "--trials-per-minibatch", "12"]
+
 
 def one_env(obs_size, steps):
     env = rf.UR5Reacher(rf.make_levels("train", 100), obs_size)
@@ -56,11 +60,11 @@ def vector(obs_size, num_envs, num_workers, steps):
     return rate
 
 
-def training_sps(obs_size, num_envs, num_workers, updates, threads):
+def training_sps(obs_size, num_envs, num_workers, updates, threads, flags=()):
     command = [
         sys.executable, str(ROOT / "reacher_failmem.py"), "--obs-size", str(obs_size), "--num-envs", str(num_envs),
         "--num-workers", str(num_workers), "--total-timesteps", str(updates * num_envs * 80), "--eval-every", "0",
-        "--num-test-levels", "1", "--eval-episodes", "1", "--exp-name", "throughput", "--threads", str(threads),
+        "--num-test-levels", "1", "--eval-episodes", "1", "--exp-name", "throughput", "--threads", str(threads), *flags,
     ]
     output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return int(re.findall(r"SPS (\d+)", output)[-1]), " ".join(command[2:])
@@ -92,6 +96,8 @@ def main():
         for workers in args.workers:
             row[f"vector, {workers} workers"] = float(np.median(rates[workers]))
         row["training SPS"], train_command = training_sps(size, args.num_envs, args.train_workers, args.updates, args.threads)
+        row["training SPS before"], _ = training_sps(size, args.num_envs, args.train_workers, args.updates, args.threads, BEFORE)
+        row["ratio"] = row["training SPS"] / row["training SPS before"]
         rows.append(row)
         print(row, flush=True)
     load_after = os.getloadavg()
@@ -110,13 +116,15 @@ def main():
         f"(median of {args.repeats} interleaved measurements); "
         "`render only` is `getCameraImage` (TinyRenderer) alone. Training SPS is reacher_failmem.py's "
         f"own `charts/SPS` after {args.updates} PPO updates of {args.num_envs} trials x 80 steps "
-        f"(`--num-workers {args.train_workers}`, rollout and update together, no evaluation).",
+        f"(`--num-workers {args.train_workers}`, rollout and update together, no evaluation): with the defaults "
+        f"(the lean network, 8 epochs, 4 trials a minibatch) and `before` 2026-11-26 (`{' '.join(BEFORE)}`); "
+        "ratio: defaults / before.",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
     ]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:.0f}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join((f"{row[k]:.2f}" if k == "ratio" else f"{row[k]:.0f}") if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
     lines += [
         "",
         f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.1f}' for x in load_before)}; after: "
