@@ -581,6 +581,17 @@ def rollout_levels(level_rng, num_train_levels, num_envs):
     return level_rng.choice(num_train_levels, num_envs, replace=num_train_levels < num_envs)
 
 
+def next_step_inputs(actions, rewards, done, restarts):
+    """SNAIL's previous action, previous reward and episode-start flag for the next step, from this
+    step's (torch tensors; `done` bool). When an ended episode restarts SNAIL (`restarts`: the memory
+    agents' episode history) the next one begins as a trial does, with no previous action or
+    reward: the last episode's outcome reaches it through the bank only (at test, an episode's
+    first step would otherwise differ with how the last one ended, and a greedy policy with it)."""
+    if restarts:
+        return actions * ~done, rewards * ~done, done.float()
+    return actions, rewards, done.float()
+
+
 def ended_episodes(terminated, truncated, success):
     """Yield (env, start, end, succeeded) of each episode that ended in a rollout of shape
     (envs, steps); f(tau) = 0 for one that hit a trap or ran its step limit. The episode still
@@ -933,9 +944,9 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
             ep_len[terminated | truncated] = 0
             if (episode >= episodes).all():
                 break
-            prev_actions = torch.as_tensor(actions, device=device)
-            prev_rewards = torch.as_tensor(rewards, dtype=torch.float32, device=device)
-            starts = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            prev_actions, prev_rewards, starts = next_step_inputs(
+                torch.as_tensor(actions, device=device), torch.as_tensor(rewards, dtype=torch.float32, device=device),
+                torch.as_tensor(terminated | truncated, device=device), agent.use_memory and args.test_history == "episode")
     if video_path is not None:
         write_video(video_path, video_frames)
     return dict(success=success, hits=hits, returns=returns)
@@ -1410,9 +1421,9 @@ if __name__ == "__main__":
                 frames, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
                 rewards_buf[:, t] = torch.from_numpy(reward)
                 terminated_buf[:, t], truncated_buf[:, t], success_buf[:, t] = terminated, truncated, info["success"]
-                prev_actions, prev_rewards = action.cpu(), rewards_buf[:, t]
                 done = terminated | truncated
-                starts = torch.from_numpy(done.astype(np.float32))
+                prev_actions, prev_rewards, starts = next_step_inputs(action.cpu(), rewards_buf[:, t], torch.from_numpy(done),
+                                                                      agent.episode_history)
                 if agent.episode_history and done.any():
                     agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done), device=device), t + 1)
                 if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step

@@ -566,18 +566,33 @@ def test_evaluation_reads_only_ended_levels_and_restarts_snail_per_episode(test_
     near, far = custom_levels((5, 5), [(4, 5), (6, 5), (5, 4), (5, 6)], 0), custom_levels(
         (0, 0), [(15, 15), (15, 14), (14, 15), (13, 15)], 0)
     levels = {key: np.concatenate([near[key], far[key], far[key]]) for key in near}
-    reads, restarts = [], []
-    read_banks, restart = agent.read_banks, agent.snail.restart
+    reads, restarts, inputs = [], [], []
+    read_banks, restart, step = agent.read_banks, agent.snail.restart, agent.step
     monkeypatch.setattr(agent, "read_banks", lambda banks: reads.append(len(banks[0][0])) or read_banks(banks))
     monkeypatch.setattr(agent.snail, "restart", lambda cache, rows, t: restarts.append((rows.tolist(), t))
                         or restart(cache, rows, t))
+    monkeypatch.setattr(agent, "step", lambda frames, actions, rewards, starts, state, t:
+                        inputs.append((actions[0].item(), rewards[0].item(), starts[0].item())) or
+                        step(frames, actions, rewards, starts, state, t))
     result = gf.evaluate(agent, args, levels, np.arange(3), "cpu")
     assert reads == [3, 1, 1, 1, 2, 2, 2]  # the trial's start, level 0 alone after steps 1-3, then 1 and 2 together
+    # level 0's episodes 2 and 3 begin at steps 1 and 2, right after a block's reward
+    assert [start for _, _, start in inputs[:3]] == [1, 1, 1]
     if test_history == "trial":
         assert restarts == []
+        assert all(reward != 0 for _, reward, _ in inputs[1:3])  # the last episode's reward goes on into the next
     else:
         assert restarts == [([0], 1), ([0], 2), ([0], 3), ([1, 2], 12), ([1, 2], 24), ([1, 2], 36)]
+        assert inputs[:3] == [(0, 0.0, 1.0)] * 3  # each episode begins as the first: no previous action or reward
     assert (result["hits"][0] >= 0).all() and (result["hits"][1:] == -1).all()
+
+
+def test_a_restarted_episode_begins_with_no_previous_action_or_reward():
+    actions, rewards, done = torch.tensor([2, 3, 1]), torch.tensor([-1.0, 0.5, 1.0]), torch.tensor([True, False, True])
+    prev_actions, prev_rewards, starts = gf.next_step_inputs(actions, rewards, done, restarts=True)
+    assert prev_actions.tolist() == [0, 3, 0] and prev_rewards.tolist() == [0, 0.5, 0] and starts.tolist() == [1, 0, 1]
+    prev_actions, prev_rewards, starts = gf.next_step_inputs(actions, rewards, done, restarts=False)
+    assert prev_actions.tolist() == [2, 3, 1] and prev_rewards.tolist() == [-1, 0.5, 1] and starts.tolist() == [1, 0, 1]
 
 
 def test_episodic_gae_stops_the_return_at_episode_ends():

@@ -734,3 +734,12 @@ def test_an_old_checkpoint_evaluates_and_resumes(old_checkpoint):
     out = run_script("--resume", str(path), "--threads", "1", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stdout and "update 2/2" in out.stdout and "update 1/2" not in out.stdout
+
+
+def test_a_restarted_episode_begins_with_no_previous_action_or_reward():
+    """With episode history an ended episode restarts SNAIL, and the next begins as a trial does."""
+    actions, rewards, done = torch.tensor([2, 3, 1]), torch.tensor([-1.0, 0.5, 1.0]), torch.tensor([True, False, True])
+    prev_actions, prev_rewards, starts = mw.next_step_inputs(actions, rewards, done, restarts=True)
+    assert prev_actions.tolist() == [0, 3, 0] and prev_rewards.tolist() == [0, 0.5, 0] and starts.tolist() == [1, 0, 1]
+    prev_actions, prev_rewards, starts = mw.next_step_inputs(actions, rewards, done, restarts=False)
+    assert prev_actions.tolist() == [2, 3, 1] and prev_rewards.tolist() == [-1, 0.5, 1] and starts.tolist() == [1, 0, 1]

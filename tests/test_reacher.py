@@ -776,3 +776,12 @@ def test_a_checkpoint_older_than_the_network_and_history_flags_loads_and_evaluat
                          "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1", cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "old.pt: 2 held-out levels" in out.stdout and "bayes-optimal   0.333  0.667" in out.stdout
+
+
+def test_a_restarted_episode_begins_with_no_previous_action_or_reward():
+    """With episode history an ended episode restarts SNAIL, and the next begins as a trial does."""
+    actions, rewards, done = torch.tensor([2, 3, 1]), torch.tensor([-1.0, 0.5, 1.0]), torch.tensor([True, False, True])
+    prev_actions, prev_rewards, starts = rf.next_step_inputs(actions, rewards, done, restarts=True)
+    assert prev_actions.tolist() == [0, 3, 0] and prev_rewards.tolist() == [0, 0.5, 0] and starts.tolist() == [1, 0, 1]
+    prev_actions, prev_rewards, starts = rf.next_step_inputs(actions, rewards, done, restarts=False)
+    assert prev_actions.tolist() == [2, 3, 1] and prev_rewards.tolist() == [-1, 0.5, 1] and starts.tolist() == [1, 0, 1]
