@@ -203,6 +203,10 @@ class Args:
     """held-out levels in the periodic evaluations (paper's Fig. 3c/d: 200)"""
     eval_episodes: int = 5
     """episodes per held-out level"""
+    eval_sample: bool = False
+    """sample the test actions from the policy (seeded by --seed) instead of taking the most likely
+    one; greedy is the default (DESIGN.md), but a greedy policy can park or loop where the sampled one
+    it was trained as goes on"""
     test_history: str = "episode"
     """what the memory agents' SNAIL sees at test: episode (the current episode; earlier failures
     reach it through the bank only, Sec. 3.1.2) or trial (all 5 episodes, as SNAIL's baseline does)"""
@@ -947,10 +951,23 @@ def bayes_optimal(num_blocks, episodes):
     return [min(k, num_blocks) / num_blocks for k in range(1, episodes + 1)]
 
 
+def test_actions(logits, generator=None):
+    """The most likely action, or with a generator (--eval-sample) one drawn from the policy."""
+    if generator is None:
+        return logits.argmax(-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def test_generator(args, device):
+    """Each evaluation draws the same stream, apart from training's RNG, so that it does not move
+    a run's training (or a resumed run's)."""
+    return torch.Generator(device=device).manual_seed(args.seed) if args.eval_sample else None
+
+
 @torch.no_grad()
 def evaluate(agent, args, envs, level_ids, device, video_path=None):
-    """Run `eval_episodes` greedy episodes on each held-out level, `envs.num_envs` levels side
-    by side (the rollout's envs; the last chunk is padded with repeats that are not counted);
+    """Run `eval_episodes` greedy (or --eval-sample: sampled) episodes on each held-out level, `envs.num_envs`
+    levels side by side (the rollout's envs; the last chunk is padded with repeats that are not counted);
     returns per-level arrays."""
     if agent.memoryless:
         return evaluate_finetune(agent, args, envs, level_ids, device, video_path)
@@ -958,7 +975,7 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
     returns = np.zeros(len(level_ids))
-    video_frames = []
+    video_frames, generator = [], test_generator(args, device)
     for chunk_start in range(0, len(level_ids), envs.num_envs):
         counted = len(level_ids[chunk_start : chunk_start + envs.num_envs])
         chunk = np.resize(level_ids[chunk_start : chunk_start + envs.num_envs], envs.num_envs)
@@ -979,7 +996,7 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
         for t in range(episodes * limit):
             obs = torch.as_tensor(frames, device=device)
             logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
-            actions = logits.argmax(-1).cpu().numpy()
+            actions = test_actions(logits, generator).cpu().numpy()
             if video_path is not None and chunk_start == 0:
                 video_frames.append(video_frame(frames[:3], banks[0].get(rows[:3]).frames))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
@@ -1016,10 +1033,11 @@ def evaluate(agent, args, envs, level_ids, device, video_path=None):
 
 
 def evaluate_finetune(agent, args, envs, level_ids, device, video_path=None):
-    """PPO-finetune (Sec. 3): on each held-out level, starting from the trained weights, greedy
-    episodes, each followed by PPO on its own steps; the trained weights come back after every
+    """PPO-finetune (Sec. 3): on each held-out level, starting from the trained weights, greedy (or
+    --eval-sample: sampled) episodes, each followed by PPO on its own steps; the trained weights come back after every
     level and at the end. One room in this process, as the episodes run one after another."""
     trained = copy.deepcopy(agent.state_dict())
+    generator = test_generator(args, device)
     episodes, limit = args.eval_episodes, args.trial_len
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
@@ -1040,7 +1058,7 @@ def evaluate_finetune(agent, args, envs, level_ids, device, video_path=None):
                         video_frames.append(video_frame(obs[None], no_bank))
                     frame = torch.as_tensor(obs, device=device)[None]
                     logits, value = agent.step(frame, zero.long(), zero, zero + (t == 0), trial_state, t)
-                    action = logits.argmax(-1)
+                    action = test_actions(logits, generator)
                     obs, reward, terminated, truncated, info = env.step(int(action))
                     for key, x in zip(steps, (frame[0], action[0], torch.log_softmax(logits, -1)[0, action[0]],
                                               value[0], torch.tensor(reward, dtype=torch.float32))):

@@ -785,3 +785,25 @@ def test_a_restarted_episode_begins_with_no_previous_action_or_reward():
     assert prev_actions.tolist() == [0, 3, 0] and prev_rewards.tolist() == [0, 0.5, 0] and starts.tolist() == [1, 0, 1]
     prev_actions, prev_rewards, starts = rf.next_step_inputs(actions, rewards, done, restarts=False)
     assert prev_actions.tolist() == [2, 3, 1] and prev_rewards.tolist() == [-1, 0.5, 1] and starts.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("agent_name", ["memory", "ppo-finetune"])
+def test_eval_sample_draws_seeded_actions_and_greedy_takes_the_most_likely(agent_name):
+    logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]]).repeat(400, 1)
+    assert (rf.test_actions(logits) == 1).all()
+    draws = rf.test_actions(logits, torch.Generator().manual_seed(3))
+    assert set(draws.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(draws, rf.test_actions(logits, torch.Generator().manual_seed(3)))
+    # whole evaluations: sampled ones repeat under one seed, and leave training's RNG where it was
+    torch.manual_seed(0)
+    args = small_args(agent=agent_name, trial_len=4, eval_episodes=2, eval_sample=True)
+    agent = rf.Agent(args, len(rf.MOVES)).eval()
+    envs = rf.ReacherVector({"train": rf.make_levels("train", 1), "test": rf.make_levels("test", 3)}, 2, 0, 16, 4)
+    try:
+        state = torch.get_rng_state()
+        first = rf.evaluate(agent, args, envs, np.arange(3), "cpu")
+        assert torch.equal(torch.get_rng_state(), state) or agent_name == "ppo-finetune"  # its test-time PPO shuffles
+        again = rf.evaluate(agent, args, envs, np.arange(3), "cpu")
+    finally:
+        envs.close()
+    assert all(np.array_equal(first[key], again[key]) for key in first)
