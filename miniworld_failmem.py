@@ -163,8 +163,8 @@ class Args:
     its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it"""
 
     # PPO (Appendix A)
-    total_timesteps: int = 600_000
-    """total environment steps of training (paper: 5M; 600,000 ran 1-2 hours on 2 cores, docs/miniworld_hour.md)"""
+    total_timesteps: int = 300_000
+    """total environment steps of training (paper: 5M; 300,000 is ~25 min on one core, docs/miniworld_cpu.md)"""
     learning_rate: float = 5e-4
     """the Adam learning rate (paper: 2.5e-4; 5e-4 learned navigation on 2 cores, docs/miniworld_hour.md)"""
     anneal_lr: bool = True
