@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4, 16], help="worker counts timed in (b)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates", type=int, default=2, help="training updates timed in (d)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "miniworld_throughput.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     level_sets = {"train": mf.make_levels("train", 1000), "test": mf.make_levels("test", 10)}
@@ -112,7 +113,8 @@ def main():
                 rows.append((size, f"(d) training (rollout + PPO), {agent_name} agent, 2 workers, {setting}", training))
 
     command = " ".join(["python benchmark/miniworld_throughput.py", "--obs-sizes", *map(str, args.obs_sizes),
-                        "--num-envs", str(args.num_envs), "--workers", *map(str, args.workers), "--threads", str(args.threads)])
+                        "--num-envs", str(args.num_envs), "--workers", *map(str, args.workers), "--threads", str(args.threads),
+                        "--out", os.path.relpath(args.out, ROOT)])
     text = [
         "# Miniworld throughput", "",
         f"Made by `{command}` on {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch threads, "
@@ -122,8 +124,8 @@ def main():
         "| obs | what | env steps / s |", "|---|---|---|",
         *[f"| {size} | {name} | {value:,.0f} |" for size, name, value in rows], "",
     ]
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "miniworld_throughput.md").write_text("\n".join(text))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(text))
     print("\n".join(text))
 
 
