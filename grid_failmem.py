@@ -897,6 +897,8 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
     hits = np.full((len(level_ids), episodes), -1)
     returns = np.zeros(len(level_ids))
     video_frames, generator = [], test_generator(args, device)
+    # --test-history episode: SNAIL starts anew with each episode, earlier ones reach the policy through the bank only
+    restarts = agent.use_memory and args.test_history == "episode"
     for chunk_start in range(0, len(level_ids), args.eval_envs):
         chunk = level_ids[chunk_start : chunk_start + args.eval_envs]
         rows = np.arange(len(chunk))
@@ -939,14 +941,14 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
                 for (memory, filled), (fresh, fresh_filled) in zip(memories, agent.read_banks(
                         bank_tensors(banks, chunk[ended], device))):
                     memory[rows_ended], filled[rows_ended] = fresh, fresh_filled
-                if args.test_history == "episode":  # earlier episodes reach the policy through the bank only
+                if restarts:
                     agent.snail.restart(cache, rows_ended, t + 1)
             ep_len[terminated | truncated] = 0
             if (episode >= episodes).all():
                 break
             prev_actions, prev_rewards, starts = next_step_inputs(
                 torch.as_tensor(actions, device=device), torch.as_tensor(rewards, dtype=torch.float32, device=device),
-                torch.as_tensor(terminated | truncated, device=device), agent.use_memory and args.test_history == "episode")
+                torch.as_tensor(terminated | truncated, device=device), restarts)
     if video_path is not None:
         write_video(video_path, video_frames)
     return dict(success=success, hits=hits, returns=returns)

@@ -28,11 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import miniworld_failmem as mf  # noqa: E402
-from timing import cpu_name, rate  # noqa: E402
-
-# the network and update of miniworld_failmem.py before it took the gridworld's defaults
-BEFORE = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32", "--update-epochs", "4",
-          "--trials-per-minibatch", "12"]
+from timing import BEFORE, cpu_name, rate  # noqa: E402
 
 
 def load():

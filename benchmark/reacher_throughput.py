@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import reacher_failmem as rf  # noqa: E402
-
-# the network and update of reacher_failmem.py before it took the gridworld's defaults
-BEFORE = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32", "--update-epochs", "4",
-          "--trials-per-minibatch", "12"]
+from timing import BEFORE  # noqa: E402
 
 
 def one_env(obs_size, steps):

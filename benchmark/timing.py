@@ -1,8 +1,13 @@
-"""What the throughput benchmarks share: a steps-per-second timer and the CPU's name."""
+"""What the throughput benchmarks share: a steps-per-second timer, the CPU's name, and the flags of the
+network and update the scripts had before 2026-11-26."""
 
 import platform
 import time
 from pathlib import Path
+
+# the network and update of miniworld_failmem.py and reacher_failmem.py before they took the gridworld's defaults
+BEFORE = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32", "--update-epochs", "4",
+          "--trials-per-minibatch", "12"]
 
 
 def rate(function, steps_per_call, seconds=3.0):
