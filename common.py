@@ -167,6 +167,13 @@ class SNAIL(nn.Module):
             in_dim = self.layers[-1].out_dim
         self.out = layer_init(nn.Linear(in_dim, out_dim))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints made before the number of pairs was a flag (2026-11-25) named them tc1, attn1, tc2, attn2
+        for position, old in enumerate(("tc1", "attn1", "tc2", "attn2")):
+            for key in [key for key in state_dict if key.startswith(f"{prefix}{old}.")]:
+                state_dict[f"{prefix}layers.{position}." + key[len(f"{prefix}{old}.") :]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x, episode_starts=None):  # (B, T, in_dim) -> (B, T, out_dim)
         """`episode_starts` (B, T), 1 where a new sequence begins: each position then sees only
         its own sequence, as `step` with `restart` at those positions."""

@@ -1107,7 +1107,8 @@ def save_checkpoint(path, state):
 
 
 # what runs did before these flags existed, for checkpoints older than them (their defaults have changed since)
-PREDATED_FLAGS = dict(mem_update="trial", train_history="trial")
+PREDATED_FLAGS = dict(cnn_channels=(16, 32, 32), cnn_blocks=2, cnn_out=256, snail_blocks=2, snail_filters=32,
+                      mem_update="trial", train_history="trial", test_history="trial")
 
 
 def checkpoint_args(checkpoint):

@@ -596,3 +596,20 @@ def test_snail_blocks_and_impala_blocks_set_the_sizes():
     assert [type(m) for m in lean.stages] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU] * 2
     assert lean.fc.in_features == 16 * 4 * 4
     assert lean(random_frames(2, 3, size=16)).shape == (2, 3, 32)
+
+
+def test_snail_loads_the_pair_names_of_checkpoints_made_before_blocks_was_a_flag():
+    """Before 2026-11-25 SNAIL's two pairs were attributes tc1, attn1, tc2, attn2; such a state dict
+    loads strictly into today's layers 0..3 and gives the same outputs."""
+    snail = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=2)
+    old_names = {f"layers.{i}.": f"{name}." for i, name in enumerate(("tc1", "attn1", "tc2", "attn2"))}
+    old_state = {}
+    for key, value in snail.state_dict().items():
+        prefix = next((p for p in old_names if key.startswith(p)), "")
+        old_state[old_names.get(prefix, "") + key[len(prefix):]] = value
+    assert any(key.startswith("attn2.") for key in old_state) and not any(k.startswith("layers.") for k in old_state)
+    loaded = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=2)
+    loaded.load_state_dict(old_state)  # strict: every name found, none left over
+    x = torch.randn(2, 9, IN_DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), snail(x))

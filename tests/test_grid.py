@@ -17,6 +17,7 @@ from gymnasium.utils.env_checker import check_env
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
 import grid_failmem as gf  # noqa: E402
 
 torch.set_num_threads(1)  # the in-process tests; many small ops run slower on 2 threads of a busy machine
@@ -899,6 +900,30 @@ def test_a_checkpoint_older_than_the_history_flags_is_read_as_made_per_trial(sto
     torch.save(old, tmp_path / "old.pt")
     agent = gf.load_checkpoint(str(tmp_path / "old.pt"), gf.Args(), 4, "cpu")
     assert not agent.episode_history
+
+
+def test_a_checkpoint_older_than_the_network_size_flags_loads_as_the_paper_sizes(stopped_run, tmp_path):
+    """Before 2026-11-25 (826c7d9) runs had the paper's IMPALA and SNAIL sizes, SNAIL's pairs were named
+    tc1, attn1, tc2, attn2, and the test SNAIL read the whole trial: such a checkpoint loads and evaluates."""
+    cwd, checkpoint = stopped_run
+    saved = torch.load(cwd / checkpoint, weights_only=True)
+    newer = ("cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "mem_update", "train_history",
+             "test_history", "time_aware_value", "episodic_gae")
+    old_args = {k: v for k, v in saved["args"].items() if k not in newer}
+    paper = gf.Agent(gf.checkpoint_args(dict(saved, args=old_args)), 4)
+    assert sum(isinstance(m, common.ResidualBlock) for m in paper.cnn.modules()) == 3 * 2 and len(paper.snail.layers) == 4
+    old_names = {f"snail.layers.{i}.": f"snail.{name}." for i, name in enumerate(("tc1", "attn1", "tc2", "attn2"))}
+    old_model = {}
+    for key, value in paper.state_dict().items():
+        prefix = next((p for p in old_names if key.startswith(p)), "")
+        old_model[old_names.get(prefix, "") + key[len(prefix):]] = value
+    torch.save(dict(saved, args=old_args, model=old_model), tmp_path / "old.pt")
+    assert gf.checkpoint_args(torch.load(tmp_path / "old.pt", weights_only=True)).test_history == "trial"
+    agent = gf.load_checkpoint(str(tmp_path / "old.pt"), gf.Args(), 4, "cpu")  # the lean defaults lose
+    assert all(torch.equal(agent.state_dict()[key], value) for key, value in paper.state_dict().items())
+    out = run_script("--eval-only", "--checkpoint", str(tmp_path / "old.pt"), "--num-test-levels", "2",
+                     "--eval-episodes", "2", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0 and "2 held-out levels" in out.stdout, out.stderr[-3000:]
 
 
 def damaged_checkpoints(checkpoint, folder):
