@@ -170,8 +170,9 @@ class SNAIL(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints made before the number of pairs was a flag (2026-11-25) named them tc1, attn1, tc2, attn2
         for position, old in enumerate(("tc1", "attn1", "tc2", "attn2")):
-            for key in [key for key in state_dict if key.startswith(f"{prefix}{old}.")]:
-                state_dict[f"{prefix}layers.{position}." + key[len(f"{prefix}{old}.") :]] = state_dict.pop(key)
+            old_prefix = f"{prefix}{old}."
+            for key in [k for k in state_dict if k.startswith(old_prefix)]:
+                state_dict[f"{prefix}layers.{position}.{key[len(old_prefix):]}"] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, episode_starts=None):  # (B, T, in_dim) -> (B, T, out_dim)

@@ -598,15 +598,21 @@ def test_snail_blocks_and_impala_blocks_set_the_sizes():
     assert lean(random_frames(2, 3, size=16)).shape == (2, 3, 32)
 
 
+def with_old_snail_names(state, prefix=""):
+    """A state dict whose SNAIL (at `prefix`) names its two pairs as before 2026-11-25: tc1, attn1, tc2, attn2."""
+    old_names = {f"{prefix}layers.{i}.": f"{prefix}{name}." for i, name in enumerate(("tc1", "attn1", "tc2", "attn2"))}
+    renamed = {}
+    for key, value in state.items():
+        new = next((p for p in old_names if key.startswith(p)), "")
+        renamed[old_names.get(new, "") + key[len(new):]] = value
+    return renamed
+
+
 def test_snail_loads_the_pair_names_of_checkpoints_made_before_blocks_was_a_flag():
     """Before 2026-11-25 SNAIL's two pairs were attributes tc1, attn1, tc2, attn2; such a state dict
     loads strictly into today's layers 0..3 and gives the same outputs."""
     snail = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=2)
-    old_names = {f"layers.{i}.": f"{name}." for i, name in enumerate(("tc1", "attn1", "tc2", "attn2"))}
-    old_state = {}
-    for key, value in snail.state_dict().items():
-        prefix = next((p for p in old_names if key.startswith(p)), "")
-        old_state[old_names.get(prefix, "") + key[len(prefix):]] = value
+    old_state = with_old_snail_names(snail.state_dict())
     assert any(key.startswith("attn2.") for key in old_state) and not any(k.startswith("layers.") for k in old_state)
     loaded = SNAIL(IN_DIM, 12, seq_len=SEQ_LEN, filters=4, key_size=8, value_size=5, blocks=2)
     loaded.load_state_dict(old_state)  # strict: every name found, none left over

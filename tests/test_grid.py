@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
 import grid_failmem as gf  # noqa: E402
+from test_common import with_old_snail_names  # noqa: E402
 
 torch.set_num_threads(1)  # the in-process tests; many small ops run slower on 2 threads of a busy machine
 
@@ -912,11 +913,8 @@ def test_a_checkpoint_older_than_the_network_size_flags_loads_as_the_paper_sizes
     old_args = {k: v for k, v in saved["args"].items() if k not in newer}
     paper = gf.Agent(gf.checkpoint_args(dict(saved, args=old_args)), 4)
     assert sum(isinstance(m, common.ResidualBlock) for m in paper.cnn.modules()) == 3 * 2 and len(paper.snail.layers) == 4
-    old_names = {f"snail.layers.{i}.": f"snail.{name}." for i, name in enumerate(("tc1", "attn1", "tc2", "attn2"))}
-    old_model = {}
-    for key, value in paper.state_dict().items():
-        prefix = next((p for p in old_names if key.startswith(p)), "")
-        old_model[old_names.get(prefix, "") + key[len(prefix):]] = value
+    old_model = with_old_snail_names(paper.state_dict(), prefix="snail.")
+    assert "snail.attn2.query.weight" in old_model
     torch.save(dict(saved, args=old_args, model=old_model), tmp_path / "old.pt")
     assert gf.checkpoint_args(torch.load(tmp_path / "old.pt", weights_only=True)).test_history == "trial"
     agent = gf.load_checkpoint(str(tmp_path / "old.pt"), gf.Args(), 4, "cpu")  # the lean defaults lose
