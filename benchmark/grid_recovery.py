@@ -91,6 +91,12 @@ def row(label, result):
     return f"| {label} | {mean:.3f} | {successes} | {traps} | " + " | ".join(f"{v:.3f}" for v in outcomes.values()) + " |"
 
 
+def bayes_line(num_blocks):
+    goal = ("the goal in every episode after one" if num_blocks == 2 else
+            f"the goal in 1/{num_blocks - 1} of the episodes after a first failure, in all of them after {num_blocks - 1}")
+    return f"Bayes-optimal with X = {num_blocks}: goal again after a success 1; after a trap, never the same trap, and {goal}."
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
@@ -120,8 +126,7 @@ def main():
             "Pairs are consecutive test episodes (k, k + 1), k = 1..4, over all levels.", "",
             "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(OUTCOMES) + " |",
             "|---|---|---|---|" + "---|" * len(OUTCOMES), *rows, "",
-            "Bayes-optimal with X = 3: goal again after a success 1; after a trap, never the same trap, and the goal "
-            "in 1/2 of the episodes after a first failure, in all of them after a second.", ""]
+            *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), ""]
     Path(args.out).write_text("\n".join(text))
     print("\n".join(text))
 
