@@ -1030,6 +1030,11 @@ def summarize(result, num_blocks):
     summary["mean_return"] = float(result["returns"].mean())
     summary.update({mode: float(v.mean()) for mode, v in error_modes(result["success"], result["hits"]).items()})
     summary["bayes_optimal_mean"] = float(np.mean(bayes_optimal(num_blocks, len(per_episode))))
+    # the paper's claim in one number: of the levels whose first episode missed the goal, the share whose second
+    # reached it (Bayes-optimal 1 / (X - 1); a memoryless greedy policy walks the same path again: 0)
+    missed = ~result["success"][:, 0]
+    second = result["success"][missed, 1] if result["success"].shape[1] > 1 else []
+    summary["goal_after_first_failure"] = float(second.mean()) if len(second) else float("nan")
     return summary
 
 
@@ -1041,7 +1046,8 @@ def print_table(summary, num_blocks, title):
     print("success        " + " ".join(f"{summary[f'success_ep{k}']:6.3f}" for k in range(1, episodes + 1)), end="")
     print(f" {summary['mean_success']:6.3f}")
     print("bayes-optimal  " + " ".join(f"{p:6.3f}" for p in optimal) + f" {np.mean(optimal):6.3f}")
-    print(f"mean return {summary['mean_return']:.3f} | " + " | ".join(f"{m} {summary[m]:.3f}" for m in ERROR_MODES))
+    print(f"mean return {summary['mean_return']:.3f} | " + " | ".join(f"{m} {summary[m]:.3f}" for m in ERROR_MODES)
+          + f" | goal after a first failure {summary['goal_after_first_failure']:.3f}")
 
 
 def video_frame(frames, bank):

@@ -537,6 +537,14 @@ def test_evaluation_stores_failures_as_they_happen():
     assert agent.bank_sizes == [[0], [1], [2], [2], [2], [2]]
     summary = gf.summarize(result, 3)
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
+    assert summary["goal_after_first_failure"] == 0.0  # episode 2 hit the second trap
+
+
+def test_goal_after_first_failure_counts_only_levels_that_missed_in_episode_1():
+    success = np.array([[True, False], [False, True], [False, False], [False, True]])
+    result = dict(success=success, hits=np.where(success, 0, 1), returns=np.zeros(4))
+    assert gf.summarize(result, 2)["goal_after_first_failure"] == 2 / 3
+    assert np.isnan(gf.summarize(dict(result, success=success[:, :1], hits=success[:, :1] * 0), 2)["goal_after_first_failure"])
 
 
 @pytest.mark.parametrize("bank_frames, agent_cell", [("before", (0, 4)), ("after", (0, 5))])
