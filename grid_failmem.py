@@ -116,11 +116,6 @@ class Args:
     through the bank only, as at test with --test-history episode; with --mem-update episode the bank fills within
     the trial) or trial (every step of the trial so far, Sec. 2.3); not given: episode for the agents with a bank,
     trial for the others (SNAIL's only memory is the trial)"""
-    bank_frames: str = "before"
-    """the frame a stored step keeps: before (o_t, the frame its action was taken on: the failed
-    episode's last frame shows the agent next to the block it hit) or after (o_t+1, the frame the
-    action led to: the agent on the block it hit). The same information (o_t+1 follows from o_t and
-    a_t), in a form that needs no position-and-action reasoning to name the block"""
     bank_ram_mb: float = 2048.0
     """bound on the banks' frames in MiB; past it the least recently used level's bank is dropped"""
 
@@ -239,10 +234,6 @@ def check_args(args):
         (
             args.mem_update == "episode" and args.agent not in MEMORY_AGENTS,
             f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
-        ),
-        (
-            args.bank_frames not in ("before", "after"),
-            f"--bank-frames must be before or after, got {args.bank_frames!r}",
         ),
         (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
@@ -427,12 +418,9 @@ class BatchedGridWorld:
         reward = np.where(success, GOAL_REWARD, np.where(terminated, TRAP_REWARD, 0.0))
         truncated = ~terminated & (self.steps >= self.max_episode_steps)
         done = terminated | truncated
-        # the frame each action led to, an ended episode's before its level restarts (gymnasium's final observation)
-        final_frames = self.observe()
         self.agent[done] = self.levels["starts"][self.level_ids[done]]
         self.steps[done] = 0
-        frames = self.observe() if done.any() else final_frames
-        return frames, reward, terminated, truncated, {"hit": hit, "success": success, "final_frames": final_frames}
+        return self.observe(), reward, terminated, truncated, {"hit": hit, "success": success}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -935,8 +923,6 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
                 video_frames.append(video_frame(frames[:3], banks[0].get(chunk[:3])))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
             frames, rewards, terminated, truncated, info = envs.step(actions)
-            if args.bank_frames == "after":
-                ep_frames[rows, ep_len] = info["final_frames"]
             ep_rewards[rows, ep_len] = rewards
             ep_len += 1
             running = episode < episodes
@@ -1309,7 +1295,7 @@ def load_checkpoint(path, args, num_actions, device, checkpoint=None):
     the file already read by `read_checkpoint`."""
     checkpoint = checkpoint or read_checkpoint(path)
     saved = checkpoint_args(checkpoint)
-    for key in ARCHITECTURE + ("train_history", "bank_frames"):  # and how its SNAIL reads whole trials, what its bank keeps
+    for key in ARCHITECTURE + ("train_history",):  # and how its SNAIL reads whole trials
         setattr(args, key, getattr(saved, key))
     agent = Agent(args, num_actions).to(device)
     agent.load_state_dict(checkpoint["model"])
@@ -1402,8 +1388,6 @@ if __name__ == "__main__":
     # storage: one whole trial per env
     shape = (args.num_envs, args.trial_len)
     frames_buf = torch.zeros(*shape, *obs_shape, dtype=torch.uint8)
-    # what the bank stores of each step: the frame it was taken on, or with --bank-frames after the one it led to
-    bank_frames_buf = frames_buf if args.bank_frames == "before" else torch.zeros_like(frames_buf)
     actions_buf = torch.zeros(shape, dtype=torch.long)
     logprobs_buf, rewards_buf, values_buf = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
     prev_actions_buf, prev_rewards_buf, starts_buf = torch.zeros(shape, dtype=torch.long), torch.zeros(shape), torch.zeros(shape)
@@ -1445,8 +1429,6 @@ if __name__ == "__main__":
                 actions_buf[:, t], logprobs_buf[:, t], values_buf[:, t] = action.cpu(), dist.log_prob(action).cpu(), value.cpu()
                 frames, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
                 rewards_buf[:, t] = torch.from_numpy(reward)
-                if args.bank_frames == "after":
-                    bank_frames_buf[:, t] = torch.from_numpy(info["final_frames"])
                 terminated_buf[:, t], truncated_buf[:, t], success_buf[:, t] = terminated, truncated, info["success"]
                 done = terminated | truncated
                 prev_actions, prev_rewards, starts = next_step_inputs(action.cpu(), rewards_buf[:, t], torch.from_numpy(done),
@@ -1459,7 +1441,7 @@ if __name__ == "__main__":
                         if index is None:
                             continue
                         steps = slice(episode_begin[env], t + 1)
-                        slot = trial_memories[index].store(env, t, bank_frames_buf[env, steps].numpy(),
+                        slot = trial_memories[index].store(env, t, frames_buf[env, steps].numpy(),
                                                            actions_buf[env, steps].numpy(), rewards_buf[env, steps].numpy())
                         stored = BankView(*(torch.as_tensor(x, device=device)[None, None]
                                             for x in trial_memories[index].slots[env][slot]))
@@ -1471,7 +1453,7 @@ if __name__ == "__main__":
         # Sec. 2: by default the trial's failed episodes enter their level's bank at its end
         if args.mem_update == "trial":
             for env, begin, end, succeeded in ended_episodes(terminated_buf, truncated_buf, success_buf):
-                store_episode(banks, args.agent, levels[env], succeeded, bank_frames_buf[env, begin:end].numpy(),
+                store_episode(banks, args.agent, levels[env], succeeded, frames_buf[env, begin:end].numpy(),
                               actions_buf[env, begin:end].numpy(), rewards_buf[env, begin:end].numpy())
         # what the update reads: every slot the trial saw, and at which steps it saw it
         update_slots = max([args.mem_size] + [len(slots) for tm in trial_memories for slots in tm.slots])

@@ -5,13 +5,18 @@
 On every held-out level (two blocks), three greedy episodes from the level's start, each with SNAIL
 fresh (a test episode after the first): with an empty bank, with a bank holding one failure that
 walked straight into block 0, and with one that walked straight into block 1 (the last L steps of a
-scripted walk, stored as the agent's flag `--bank-frames` says; its last reward -1, the trap's). One of
-the two banks is true (it names the trap), the other false (it names the goal as a failure). An agent
-that reads which block failed goes to the other block in both; one that only reads that *a* block
-failed changes its path the same way whatever the bank names. Counted per level: the block hit in
-each episode, and, given the block E the empty-bank episode walked to, whether a bank naming E
-sends it to the other block and a bank naming the other block keeps it on E. Writes
-docs/grid_bank_probe.md.
+scripted walk, stored as the bank stores a failure: each step with the frame its action was taken on,
+its last reward -1, the trap's). One of the two banks is true (it names the trap), the other false (it
+names the goal as a failure). An agent that reads which block failed goes to the other block in both;
+one that only reads that *a* block failed changes its path the same way whatever the bank names.
+Counted per level: the block hit in each episode, and, given the block E the empty-bank episode walked
+to, whether a bank naming E sends it to the other block and a bank naming the other block keeps it on E.
+
+Then the supervised naming test: can the bank's path name the failed block at all when trained to?
+The same CNN -> Phi -> trajectory Transformer with fresh weights and a linear layer, trained by
+cross-entropy on scripted walks of training levels to output the failed block's cell, scored on
+walks of held-out levels; with the frames each step was taken on (the bank's) and, for comparison,
+with the frames each step led to (the last one: the agent on the block). Writes docs/grid_bank_probe.md.
 """
 
 import argparse
@@ -41,21 +46,21 @@ def straight_walk(start, target, avoid):
     return None
 
 
-def scripted_failure(levels, level, block, args):
-    """The frames, actions and rewards of a walk into `block`, as the rollout would store them."""
+def scripted_failure(levels, level, block, args, after=False):
+    """The frames, actions and rewards of a walk into `block`, as the bank stores a failure: each step with the
+    frame its action was taken on, or with `after` the frame it led to (the last one: the agent on the block)."""
     env = grid.GridWorld(levels, args.grid_size, args.obs_size, args.trial_len)
     frame, _ = env.reset(options={"level": level})
     blocks = [tuple(b) for b in levels["blocks"][level]]
     moves = straight_walk(tuple(levels["starts"][level]), blocks[block], set(blocks) - {blocks[block]})
     if moves is None:
         return None
-    frames, rewards = [], []
+    frames = []
     for move in moves:
-        after, reward, *_ = env.step(move)
-        frames.append(after if args.bank_frames == "after" else frame)
-        rewards.append(-1.0)  # as a trap: the bank holds failures
-        frame = after
-    rewards = np.array(rewards, np.float32) * (np.arange(len(moves)) == len(moves) - 1)
+        next_frame, *_ = env.step(move)
+        frames.append(next_frame if after else frame)
+        frame = next_frame
+    rewards = np.where(np.arange(len(moves)) == len(moves) - 1, grid.TRAP_REWARD, 0.0).astype(np.float32)
     return np.stack(frames), np.array(moves), rewards
 
 
@@ -98,12 +103,12 @@ def probe(path, num_levels):
     return args, len(usable), goals, hits
 
 
-def supervised_naming(bank_frames, steps, seed=1, batch=64):
+def supervised_naming(after, steps, seed=1, batch=64):
     """Can the bank's path (CNN -> Phi -> trajectory Transformer, fresh weights, the default sizes) name
     the failed block when told to? Trained by cross-entropy on scripted walks of training levels to
     output the failed block's cell; accuracy on walks of held-out levels (chance 1/62 on W8)."""
     torch.manual_seed(seed)
-    args = grid.Args(bank_frames=bank_frames)
+    args = grid.Args()
     agent = grid.Agent(args, len(grid.MOVES))
     head = torch.nn.Linear(args.embed_dim, args.grid_size ** 2)
     optimizer = torch.optim.Adam([*agent.parameters(), *head.parameters()], lr=1e-3)
@@ -114,7 +119,7 @@ def supervised_naming(bank_frames, steps, seed=1, batch=64):
         cells = []
         for level in range(count):
             block = int(rng.integers(args.num_blocks))
-            walk = scripted_failure(levels, level, block, args)
+            walk = scripted_failure(levels, level, block, args, after)
             if walk is not None:
                 bank.add(level, *walk)
                 row, col = levels["blocks"][level][block]
@@ -169,13 +174,13 @@ def main():
     parser.add_argument("--supervised-steps", type=int, default=500, help="steps of the supervised naming test (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    naming = {frames: supervised_naming(frames, args.supervised_steps) for frames in ("before", "after")} \
+    naming = {frames: supervised_naming(frames == "after", args.supervised_steps) for frames in ("before", "after")} \
         if args.supervised_steps else {}
     rows, used = [], set()
     for path in args.checkpoints:
         run_args, num_usable, goals, hits = probe(path, args.num_test_levels)
         used.add(num_usable)
-        rows.append(row(f"`{Path(path).parent.name}` (`--bank-frames {run_args.bank_frames}`)", goals, hits))
+        rows.append(row(f"`{Path(path).parent.name}`", goals, hits))
     command = "python benchmark/grid_bank_probe.py " + " ".join(args.checkpoints)
     if args.out != parser.get_default("out"):
         command += f" --out {args.out}"
@@ -197,7 +202,7 @@ def main():
                  f"linear layer, trained by cross-entropy for {args.supervised_steps} steps of 64 scripted walks on "
                  "training levels to output the cell of the block the walk failed on (Adam 1e-3); accuracy on walks "
                  "of the held-out levels, chance 1/62:", "",
-                 "| `--bank-frames` | held-out accuracy |", "|---|---|",
+                 "| frames of the walk | held-out accuracy |", "|---|---|",
                  *(f"| {frames} | {accuracy:.3f} |" for frames, accuracy in naming.items()), ""]
     Path(args.out).write_text("\n".join(text))
     print("\n".join(text))

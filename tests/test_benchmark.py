@@ -139,3 +139,49 @@ def test_an_episode_is_stuck_when_it_ends_on_few_cells_without_a_hit():
         env.step(np.array([down, up, up, up]))
     env.step(np.array([right, up, up, up]))
     assert env.stuck[0] == [True, False]
+
+
+def test_bank_probe_walks_straight_into_the_named_block_around_the_other():
+    import grid_bank_probe as probe
+    import grid_failmem as grid
+
+    assert probe.straight_walk((0, 0), (2, 1), avoid={(9, 9)}) == [3, 3, 1]  # rows first: down, down, right
+    assert probe.straight_walk((0, 0), (2, 1), avoid={(1, 0)}) == [1, 3, 3]  # the other block in the way: columns first
+    assert probe.straight_walk((0, 0), (2, 2), avoid={(1, 0), (0, 1)}) is None
+    levels = dict(starts=np.array([[0, 0]]), blocks=np.array([[[0, 3], [5, 5]]]),
+                  colours=grid.block_palette(2).astype(np.uint8)[None], goals=np.array([1]))
+    args = grid.Args(grid_size=8, num_blocks=2, obs_size=8)
+    for after, last_cell in ((False, (0, 2)), (True, (0, 3))):
+        frames, actions, rewards = probe.scripted_failure(levels, 0, 0, args, after)
+        assert actions.tolist() == [1, 1, 1] and rewards.tolist() == [0, 0, grid.TRAP_REWARD]
+        assert tuple(np.argwhere((frames[-1] == grid.AGENT_RGB).all(-1))[0]) == last_cell
+
+
+def test_bank_probe_tells_an_agent_that_reads_the_block_from_one_that_switches():
+    import grid_bank_probe as probe
+
+    goals = np.array([0, 1, 0, 1])
+    empty = np.array([0, 0, 1, 1])  # the block each level's empty-bank episode walks to
+    reader = {None: empty, 0: np.ones(4, int), 1: np.zeros(4, int)}  # always the block the bank does not name
+    switcher = {None: empty, 0: 1 - empty, 1: 1 - empty}  # leaves its block whatever the bank names
+    cells = lambda hits: [float(c) for c in probe.row("x", goals, hits).strip("| ").split(" | ")[1:]]  # noqa: E731
+    assert cells(reader)[2] == 1.0 and cells(reader)[5] == 1.0 and cells(reader)[-3:] == [1.0, 1.0, 1.0]
+    assert cells(switcher)[-3:] == [1.0, 0.0, 0.0]
+
+
+def test_budget_recovery_is_logged_or_exact_from_episodes_1_and_2(monkeypatch):
+    import grid_budget
+
+    logs = {"eval/success_ep1": [0.4, 0.5], "eval/success_ep2": [0.55, 0.9]}
+    monkeypatch.setattr(grid_budget, "scalars", lambda run, tag: (np.array([1, 2]), np.array(logs.get(tag, []))))
+    steps, first, recovery = grid_budget.recovery_points("run")
+    assert np.allclose(recovery, [0.25, 0.8])  # (s2 - s1) / (1 - s1): after a success a greedy agent repeats it
+    logs["eval/goal_after_first_failure"] = [0.3, 0.7]
+    assert np.allclose(grid_budget.recovery_points("run")[2], [0.3, 0.7])
+
+
+def test_recovery_doc_names_the_bayes_line_of_its_grid():
+    from grid_recovery import bayes_line
+
+    assert "X = 2" in bayes_line(2) and "every episode after one" in bayes_line(2)
+    assert "1/2 of the episodes after a first failure" in bayes_line(3)

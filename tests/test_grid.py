@@ -140,7 +140,6 @@ def test_single_and_batched_envs_agree():
                 obs, reward, terminated, truncated, info = env.step(int(actions[i]))
                 assert (reward, terminated, truncated) == (rew_b[i], term_b[i], trunc_b[i])
                 assert info["hit"] == info_b["hit"][i] and info["success"] == info_b["success"][i]
-                assert (obs == info_b["final_frames"][i]).all()  # the frame the action led to, before any restart
                 if terminated or truncated:  # the batched env restarts the level at once
                     obs, _ = env.reset(options={"level": int(level_ids[i])})
                     dones += 1
@@ -547,22 +546,17 @@ def test_goal_after_first_failure_counts_only_levels_that_missed_in_episode_1():
     assert np.isnan(gf.summarize(dict(result, success=success[:, :1], hits=success[:, :1] * 0), 2)["goal_after_first_failure"])
 
 
-@pytest.mark.parametrize("bank_frames, agent_cell", [("before", (0, 4)), ("after", (0, 5))])
-def test_bank_frames_keep_the_frame_each_step_was_taken_on_or_led_to(bank_frames, agent_cell):
+def test_the_bank_keeps_the_frame_each_step_was_taken_on():
     levels = custom_levels((0, 0), [(0, 5), (5, 5), (10, 10)], goal=2)
     args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=2, eval_envs=4, agent="memory",
-                      test_history="trial", bank_frames=bank_frames)
+                      test_history="trial")
     agent = ScriptedAgent(levels, [0])
     gf.evaluate(agent, args, levels, np.array([0]), "cpu")
     # episode 1 walked right from (0, 0) into the trap at (0, 5): five steps, padded at the front to L = 6
     stored = agent.bank_frames[1][0, 0].numpy()
     agent_cells = [tuple(np.argwhere((frame == gf.AGENT_RGB).all(-1))[0]) for frame in stored[1:]]
-    first = 0 if bank_frames == "before" else 1
-    assert agent_cells == [(0, col) for col in range(first, first + 5)]
-    assert agent_cells[-1] == agent_cell
-    # after: the agent covers the trap it hit, so its colour is gone from the last frame
-    trap_colour = levels["colours"][0][0]
-    assert (stored[-1] == trap_colour).all(-1).any() == (bank_frames == "before")
+    assert agent_cells == [(0, col) for col in range(5)]  # the last one beside the trap, which is still drawn
+    assert (stored[-1] == levels["colours"][0][0]).all(-1).any()
 
 
 @pytest.mark.parametrize("agent_name", ["memory", "ppo-finetune"])
@@ -692,12 +686,10 @@ def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     assert "bayes-optimal" in out.stdout and "3 held-out levels" in out.stdout
 
 
-@pytest.mark.parametrize("mem_update, train_history, bank_frames", [
-    ("trial", "trial", "before"), ("episode", "trial", "before"), ("episode", "episode", "before"),
-    ("episode", "episode", "after")])
-def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, train_history, bank_frames, tmp_path):
+@pytest.mark.parametrize("mem_update, train_history", [("trial", "trial"), ("episode", "trial"), ("episode", "episode")])
+def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, train_history, tmp_path):
     flags = [*TINY, "--update-epochs", "1", "--trials-per-minibatch", "4", "--eval-every", "0", "--seed", "7",
-             "--mem-update", mem_update, "--train-history", train_history, "--bank-frames", bank_frames]
+             "--mem-update", mem_update, "--train-history", train_history]
     runs = []
     for name in ("a", "b"):
         assert run_script(*flags, "--exp-name", name, cwd=tmp_path).returncode == 0
@@ -710,18 +702,13 @@ def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, 
     assert max(abs(kl) for kl in runs[0]["losses/approx_kl"]) < 1e-6
     # with --mem-update episode the first trial already reads failures stored during it
     assert (runs[0]["memory/bank_filled_slots_per_trial"][0] > 0) == (mem_update == "episode")
-    # the rollout's bank keeps the frame each step was taken on (the trap still drawn beside the agent) or, with
-    # --bank-frames after, the one it led to (the agent on the trap, one block colour fewer)
+    # the rollout's bank keeps the frame each step was taken on: a trap hit's last frame still draws every block
     bank = torch.load(Path(run_dir) / "agent.pt", weights_only=True)["banks"][0]
     palette = gf.block_palette(gf.Args().num_blocks).astype(np.uint8)
     trap_ends = [frames[-1].numpy() for frames, rewards in zip(bank["frames"], bank["rewards"]) if rewards[-1] < 0]
     assert trap_ends
     colours_drawn = {sum(bool((frame == colour).all(-1).any()) for colour in palette) for frame in trap_ends}
-    assert colours_drawn == {len(palette) - (bank_frames == "after")}
-    # and an evaluation of the checkpoint stores its test failures the same way, whatever its command line says
-    evaluation_args = gf.Args(bank_frames="before" if bank_frames == "after" else "after")
-    gf.load_checkpoint(Path(run_dir) / "agent.pt", evaluation_args, len(gf.MOVES), torch.device("cpu"))
-    assert evaluation_args.bank_frames == bank_frames
+    assert colours_drawn == {len(palette)}
 
 
 def test_track_without_login_goes_offline(tmp_path):
@@ -770,7 +757,6 @@ BAD_FLAGS = [
     (dict(learning_rate=float("nan")), "--learning-rate"),
     (dict(learning_rate=10.0), "--learning-rate"),
     (dict(bank_ram_mb=float("nan")), "--bank-ram-mb"),
-    (dict(bank_frames="during"), "--bank-frames"),
     (dict(seed=-1), "--seed"),
     (dict(checkpoint_minutes=-1), "--checkpoint-minutes"),
     (dict(stop_after=-1), "--stop-after"),
