@@ -12,11 +12,12 @@ one that only reads that *a* block failed changes its path the same way whatever
 Counted per level: the block hit in each episode, and, given the block E the empty-bank episode walked
 to, whether a bank naming E sends it to the other block and a bank naming the other block keeps it on E.
 
-Then the supervised naming test: can the bank's path name the failed block at all when trained to?
+Then two supervised tests. Can the bank's path name the failed block at all when trained to?
 The same CNN -> Phi -> trajectory Transformer with fresh weights and a linear layer, trained by
 cross-entropy on scripted walks of training levels to output the failed block's cell, scored on
 walks of held-out levels; with the frames each step was taken on (the bank's) and, for comparison,
-with the frames each step led to (the last one: the agent on the block). Writes docs/grid_bank_probe.md.
+with the frames each step led to (the last one: the agent on the block). And can the whole agent learn
+the Bayes-optimal move after a failure when told it (`supervised_recovery`)? Writes docs/grid_bank_probe.md.
 """
 
 import argparse
@@ -142,6 +143,58 @@ def supervised_naming(after, steps, seed=1, batch=64):
     return float(accuracy)
 
 
+def supervised_recovery(steps, seed=1, batch=64):
+    """Can the whole agent (fresh weights, the default sizes) learn the Bayes-optimal move after a failure
+    when told it? On levels where no first move brings the agent nearer both blocks (so that a policy blind
+    to its bank can do no better than a coin, 0.5), at the start with a bank holding a walk into one block:
+    cross-entropy towards the moves that bring it nearer the other block (the log of their summed
+    probability); the share of held-out levels whose most likely move is one of them."""
+    torch.manual_seed(seed)
+    args = grid.Args()
+    agent = grid.Agent(args, len(grid.MOVES))
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+
+    def cases(split, count, rng):
+        levels = grid.make_levels(split, count, args.grid_size, args.num_blocks)
+        bank = grid.MemoryBank(1, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
+        kept, good = [], []
+        for level in range(count):
+            named = int(rng.integers(args.num_blocks))
+            walk = scripted_failure(levels, level, named, args)
+            start, blocks = levels["starts"][level], levels["blocks"][level]
+            nearer = [(np.abs(start + grid.MOVES - block).sum(1) < np.abs(start - block).sum()) for block in blocks]
+            if walk is None or (nearer[0] & nearer[1]).any():
+                continue
+            bank.add(level, *walk)
+            kept.append(level)
+            good.append(nearer[1 - named])
+        frames = grid.BatchedGridWorld(levels, len(kept), args.grid_size, args.obs_size).set_levels(np.array(kept))
+        view = bank.get(np.array(kept)).to("cpu")
+        return torch.as_tensor(frames)[:, None], view, torch.as_tensor(np.array(good))
+
+    def logits_at_start(frames, view):
+        obs_embed = agent.obs_embed(agent.cnn(frames))
+        zeros = torch.zeros(frames.shape[:2])
+        x = agent.trial_input(obs_embed, zeros.long(), zeros, torch.ones_like(zeros))
+        memories = [(memory, filled[:, None]) for memory, filled in agent.read_banks([view])]
+        return agent.heads(agent.snail(x), obs_embed, memories, torch.arange(1))[0][:, 0]
+
+    rng = np.random.default_rng(seed)
+    train_frames, train_view, train_good = cases("train", 40000, rng)
+    test_frames, test_view, test_good = cases("test", 2000, rng)
+    for _ in range(steps):
+        rows = torch.as_tensor(rng.integers(len(train_good), size=batch))
+        view = grid.BankView(*(x[rows] for x in train_view[:4]))
+        log_probs = logits_at_start(train_frames[rows], view).log_softmax(-1)
+        loss = -torch.logsumexp(log_probs.masked_fill(~train_good[rows], -torch.inf), -1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        best = logits_at_start(test_frames, test_view).argmax(-1)
+    return float(test_good[torch.arange(len(best)), best].float().mean()), len(test_good)
+
+
 def row(label, goals, hits):
     empty, named0, named1 = hits[None], hits[0], hits[1]
     true_bank = np.where(goals == 0, named1, named0)  # the bank that names the trap
@@ -176,6 +229,7 @@ def main():
     torch.set_num_threads(1)
     naming = {frames: supervised_naming(frames == "after", args.supervised_steps) for frames in ("before", "after")} \
         if args.supervised_steps else {}
+    recovery = supervised_recovery(args.supervised_steps) if args.supervised_steps else None
     rows, used = [], set()
     for path in args.checkpoints:
         run_args, num_usable, goals, hits = probe(path, args.num_test_levels)
@@ -203,7 +257,13 @@ def main():
                  "training levels to output the cell of the block the walk failed on (Adam 1e-3); accuracy on walks "
                  "of the held-out levels, chance 1/62:", "",
                  "| frames of the walk | held-out accuracy |", "|---|---|",
-                 *(f"| {frames} | {accuracy:.3f} |" for frames, accuracy in naming.items()), ""]
+                 *(f"| {frames} | {accuracy:.3f} |" for frames, accuracy in naming.items()), "",
+                 "## Can the whole agent learn to recover when told how?", "",
+                 f"The whole agent with fresh weights (the default sizes), trained by cross-entropy for "
+                 f"{args.supervised_steps} steps of 64 cases: at a level's start, with a bank holding a walk into one "
+                 "block, towards the moves that bring it nearer the other block. Only levels where no move is nearer "
+                 "both blocks, so that a policy blind to its bank scores 0.5. Held-out share of levels whose most "
+                 f"likely move is right: **{recovery[0]:.3f}** ({recovery[1]} of 2,000 held-out levels qualify).", ""]
     Path(args.out).write_text("\n".join(text))
     print("\n".join(text))
 
