@@ -241,7 +241,7 @@ def main():
     if args.supervised_steps != parser.get_default("supervised_steps"):
         command += f" --supervised-steps {args.supervised_steps}"
     text = ["# Gridworld: does the memory agent read which block failed? (counterfactual banks)", "",
-            f"Made by `{command}`: of {args.num_test_levels} held-out two-block levels, the {sorted(used)} where a "
+            f"Made by `{command}`: of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "
             "straight walk from the start reaches each block without passing the other. One greedy episode per "
             "level and bank, SNAIL fresh, as a test episode after the first: an empty bank; a bank holding a walk "
             "into the trap (true); one holding a walk into the goal (false, stored as a failure). Fractions of levels.",
