@@ -31,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
+from learning import write_doc  # noqa: E402
 
 MOVE_OF = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}
 
@@ -104,6 +105,31 @@ def probe(path, num_levels):
     return args, len(usable), goals, hits
 
 
+def random_walks(args, split, count, rng, after=False, keep=lambda levels, level, named: True):
+    """For each level of the split, a block drawn at random and a scripted walk into it; the levels whose
+    walk exists and `keep` accepts, their named blocks and a BankView of the walks (one slot each)."""
+    levels = grid.make_levels(split, count, args.grid_size, args.num_blocks)
+    bank = grid.MemoryBank(1, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
+    kept, named_blocks = [], []
+    for level in range(count):
+        named = int(rng.integers(args.num_blocks))
+        walk = scripted_failure(levels, level, named, args, after)
+        if walk is not None and keep(levels, level, named):
+            bank.add(level, *walk)
+            kept.append(level)
+            named_blocks.append(named)
+    return levels, np.array(kept), np.array(named_blocks), bank.get(np.array(kept)).to("cpu")
+
+
+def fit(optimizer, loss_of, count, steps, rng, batch):
+    """`steps` Adam steps, each on `batch` of the `count` training cases drawn at random."""
+    for _ in range(steps):
+        loss = loss_of(torch.as_tensor(rng.integers(count, size=batch)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def supervised_naming(after, steps, seed=1, batch=64):
     """Can the bank's path (CNN -> Phi -> trajectory Transformer, fresh weights, the default sizes) name
     the failed block when told to? Trained by cross-entropy on scripted walks of training levels to
@@ -115,31 +141,20 @@ def supervised_naming(after, steps, seed=1, batch=64):
     optimizer = torch.optim.Adam([*agent.parameters(), *head.parameters()], lr=1e-3)
 
     def walks(split, count, rng):
-        levels = grid.make_levels(split, count, args.grid_size, args.num_blocks)
-        bank = grid.MemoryBank(1, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
-        cells = []
-        for level in range(count):
-            block = int(rng.integers(args.num_blocks))
-            walk = scripted_failure(levels, level, block, args, after)
-            if walk is not None:
-                bank.add(level, *walk)
-                row, col = levels["blocks"][level][block]
-                cells.append(row * args.grid_size + col)
-        view = bank.get(np.array(sorted(bank.banks))).to("cpu")
-        return view, torch.tensor(cells)
+        levels, kept, named, view = random_walks(args, split, count, rng, after)
+        row, col = levels["blocks"][kept, named].T
+        return view, torch.as_tensor(row * args.grid_size + col)
+
+    def cell_logits(view):
+        return head(agent.embed_memory(view)[0][:, 0])
 
     rng = np.random.default_rng(seed)
     train_view, train_cells = walks("train", 20000, rng)
     test_view, test_cells = walks("test", 500, rng)
-    for _ in range(steps):
-        rows = torch.as_tensor(rng.integers(len(train_cells), size=batch))
-        view = grid.BankView(*(x[rows] for x in train_view[:4]))
-        loss = F.cross_entropy(head(agent.embed_memory(view)[0][:, 0]), train_cells[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(optimizer, lambda rows: F.cross_entropy(cell_logits(grid.BankView(*(x[rows] for x in train_view[:4]))),
+                                                train_cells[rows]), len(train_cells), steps, rng, batch)
     with torch.no_grad():
-        accuracy = (head(agent.embed_memory(test_view)[0][:, 0]).argmax(-1) == test_cells).float().mean()
+        accuracy = (cell_logits(test_view).argmax(-1) == test_cells).float().mean()
     return float(accuracy)
 
 
@@ -154,23 +169,17 @@ def supervised_recovery(steps, seed=1, batch=64):
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
 
+    def nearer(levels, level):  # per block, the moves that bring the agent at the start nearer it
+        start = levels["starts"][level]
+        return np.stack([np.abs(start + grid.MOVES - block).sum(1) < np.abs(start - block).sum()
+                         for block in levels["blocks"][level]])
+
     def cases(split, count, rng):
-        levels = grid.make_levels(split, count, args.grid_size, args.num_blocks)
-        bank = grid.MemoryBank(1, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
-        kept, good = [], []
-        for level in range(count):
-            named = int(rng.integers(args.num_blocks))
-            walk = scripted_failure(levels, level, named, args)
-            start, blocks = levels["starts"][level], levels["blocks"][level]
-            nearer = [(np.abs(start + grid.MOVES - block).sum(1) < np.abs(start - block).sum()) for block in blocks]
-            if walk is None or (nearer[0] & nearer[1]).any():
-                continue
-            bank.add(level, *walk)
-            kept.append(level)
-            good.append(nearer[1 - named])
-        frames = grid.BatchedGridWorld(levels, len(kept), args.grid_size, args.obs_size).set_levels(np.array(kept))
-        view = bank.get(np.array(kept)).to("cpu")
-        return torch.as_tensor(frames)[:, None], view, torch.as_tensor(np.array(good))
+        levels, kept, named, view = random_walks(args, split, count, rng,
+                                                 keep=lambda levels, level, _: not nearer(levels, level).all(0).any())
+        good = np.stack([nearer(levels, level)[1 - block] for level, block in zip(kept, named)])
+        frames = grid.BatchedGridWorld(levels, len(kept), args.grid_size, args.obs_size).set_levels(kept)
+        return torch.as_tensor(frames)[:, None], view, torch.as_tensor(good)
 
     def logits_at_start(frames, view):
         obs_embed = agent.obs_embed(agent.cnn(frames))
@@ -179,17 +188,15 @@ def supervised_recovery(steps, seed=1, batch=64):
         memories = [(memory, filled[:, None]) for memory, filled in agent.read_banks([view])]
         return agent.heads(agent.snail(x), obs_embed, memories, torch.arange(1))[0][:, 0]
 
+    def loss_of(rows):
+        view = grid.BankView(*(x[rows] for x in train_view[:4]))
+        log_probs = logits_at_start(train_frames[rows], view).log_softmax(-1)
+        return -torch.logsumexp(log_probs.masked_fill(~train_good[rows], -torch.inf), -1).mean()
+
     rng = np.random.default_rng(seed)
     train_frames, train_view, train_good = cases("train", 40000, rng)
     test_frames, test_view, test_good = cases("test", 2000, rng)
-    for _ in range(steps):
-        rows = torch.as_tensor(rng.integers(len(train_good), size=batch))
-        view = grid.BankView(*(x[rows] for x in train_view[:4]))
-        log_probs = logits_at_start(train_frames[rows], view).log_softmax(-1)
-        loss = -torch.logsumexp(log_probs.masked_fill(~train_good[rows], -torch.inf), -1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(optimizer, loss_of, len(train_good), steps, rng, batch)
     with torch.no_grad():
         best = logits_at_start(test_frames, test_view).argmax(-1)
     return float(test_good[torch.arange(len(best)), best].float().mean()), len(test_good)
@@ -264,7 +271,7 @@ def main():
                  "block, towards the moves that bring it nearer the other block. Only levels where no move is nearer "
                  "both blocks, so that a policy blind to its bank scores 0.5. Held-out share of levels whose most "
                  f"likely move is right: **{recovery[0]:.3f}** ({recovery[1]} of 2,000 held-out levels qualify).", ""]
-    Path(args.out).write_text("\n".join(text))
+    write_doc(Path(args.out), "\n".join(text))
     print("\n".join(text))
 
 

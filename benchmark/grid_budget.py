@@ -23,14 +23,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmark"))
-from learning import scalars  # noqa: E402
+from learning import scalars, write_doc  # noqa: E402
 
 
 def recovery_points(run):
     """(steps, success of episode 1, P(goal in ep 2 | missed ep 1)) of a run's evaluations."""
     steps, first = scalars(run, "eval/success_ep1")
     _, second = scalars(run, "eval/success_ep2")
-    logged_steps, logged = scalars(run, "eval/goal_after_first_failure")
+    _, logged = scalars(run, "eval/goal_after_first_failure")
     if len(logged) == len(steps):
         return steps, first, logged
     return steps, first, (second - first) / np.maximum(1 - first, 1e-9)
@@ -61,8 +61,9 @@ def main():
             if not len(steps):
                 continue
             seed = run.split("__")[3]
-            budget = int(scalars(run, "charts/SPS")[0][-1]) if len(scalars(run, "charts/SPS")[0]) else 0
-            sps.append(np.median(scalars(run, "charts/SPS")[1]))
+            sps_steps, sps_values = scalars(run, "charts/SPS")
+            budget = int(sps_steps[-1]) if len(sps_steps) else 0
+            sps.append(np.median(sps_values))
             ax.plot(steps, values, "o-", color=colour, alpha=0.6, label=f"{exp}" if run == runs[0] else None)
             rows.append(f"| {exp} | {seed} | {budget:,} | " + ", ".join(f"{s / 1e6:.2f}M: {v:.2f}" for s, v in zip(steps, values))
                         + f" | {values[-1]:.3f} |")
@@ -95,10 +96,7 @@ def main():
             f"Made by `{command}`. Periodic evaluations on 100 held-out levels (the last on 500), greedy. Each "
             "exp-name's line is fitted to all its runs' points; runs of different budgets anneal the learning rate "
             "over different spans.", "", *rows, "", *fits, "", "![recovery](grid_budget.png)", ""]
-    path = Path(args.out) / "grid_budget.md"
-    marker = "## Reading (written by hand)"
-    earlier = path.read_text() if path.exists() else ""
-    path.write_text("\n".join(text) + (earlier[earlier.index(marker):] if marker in earlier else ""))
+    write_doc(Path(args.out) / "grid_budget.md", "\n".join(text))
     print("\n".join(text))
 
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
 from grid_random import random_policy_result  # noqa: E402
+from learning import write_doc  # noqa: E402
 
 
 OUTCOMES = ("goal again after a success", "same trap after a trap", "another trap after a trap", "goal after a trap",
@@ -127,7 +128,7 @@ def main():
             "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(OUTCOMES) + " |",
             "|---|---|---|---|" + "---|" * len(OUTCOMES), *rows, "",
             *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), ""]
-    Path(args.out).write_text("\n".join(text))
+    write_doc(Path(args.out), "\n".join(text))
     print("\n".join(text))
 
 

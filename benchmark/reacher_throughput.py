@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import reacher_failmem as rf  # noqa: E402
+from learning import write_doc  # noqa: E402
 from timing import BEFORE  # noqa: E402
 
 
@@ -132,7 +133,7 @@ def main():
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    write_doc(Path(args.out), "\n".join(lines))
     print("\n".join(lines))
 
 
