@@ -1,5 +1,5 @@
-"""What the throughput benchmarks share: a steps-per-second timer, the CPU's name, and the flags of the
-network and update the scripts had before 2026-11-26."""
+"""What the throughput benchmarks share: a steps-per-second timer, a CPU-time timer, the CPU's name, and
+the flags of the network and update the scripts had before 2026-11-26."""
 
 import platform
 import time
@@ -18,6 +18,17 @@ def rate(function, steps_per_call, seconds=3.0):
         function()
         calls += 1
     return calls * steps_per_call / (time.perf_counter() - start)
+
+
+def cpu_ms(function, seconds=3.0):
+    """CPU milliseconds per call of `function`, after one warm-up call. Process time, not wall time: a
+    benchmark that shares its cores with a training run is slowed in wall time, much less in CPU time."""
+    function()
+    calls, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
+        function()
+        calls += 1
+    return 1000.0 * (time.process_time() - start) / calls
 
 
 def cpu_name():
