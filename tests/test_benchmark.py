@@ -185,3 +185,24 @@ def test_recovery_doc_names_the_bayes_line_of_its_grid():
 
     assert "X = 2" in bayes_line(2) and "every episode after one" in bayes_line(2)
     assert "1/2 of the episodes after a first failure" in bayes_line(3)
+
+
+def test_throughput_floor_is_the_steps_of_an_update_over_its_passes_of_the_cnn():
+    from grid_throughput import floor
+
+    lean = dict(parts={"CNN over the trials' frames": 16.0, "the whole agent (get_action_and_value)": 40.0})
+    line = floor(lean, num_envs=48, trials=4)[0]  # 8 epochs x 12 minibatches, 3,840 steps an update
+    assert "96 passes" in line
+    assert "could not pass 2,500 SPS" in line  # 3,840 / (96 x 0.016 s)
+    assert "and a free rollout, 1,000" in line  # 3,840 / (96 x 0.040 s)
+    assert "13.3 ms a pass" in line and "less than the CNN alone" in line
+    cheap = dict(parts={"CNN over the trials' frames": 5.0, "the whole agent (get_action_and_value)": 12.0})
+    assert "8.3 ms for everything but the CNN" in floor(cheap, num_envs=48, trials=4)[0]
+
+
+def test_cpu_ms_counts_the_processor_time_of_a_call_not_the_time_asleep():
+    import time
+
+    from timing import cpu_ms
+
+    assert cpu_ms(lambda: time.sleep(0.01), seconds=0.05) < 5.0  # a sleeping call costs almost no CPU
