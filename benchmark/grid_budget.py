@@ -94,8 +94,8 @@ def main():
     command = f"python benchmark/grid_budget.py --exp-names {' '.join(args.exp_names)} --target {args.target}"
     text = ["# Gridworld: recovery from the first failure over training, and the budget a line through it gives", "",
             f"Made by `{command}`. Periodic evaluations on 100 held-out levels (the last on 500), greedy. Each "
-            "exp-name's line is fitted to all its runs' points; runs of different budgets anneal the learning rate "
-            "over different spans.", "", *rows, "", *fits, "", "![recovery](grid_budget.png)", ""]
+            "exp-name has a line fitted to all its runs' points and one to the later half of them; runs of different "
+            "budgets anneal the learning rate over different spans.", "", *rows, "", *fits, "", "![recovery](grid_budget.png)", ""]
     write_doc(Path(args.out) / "grid_budget.md", "\n".join(text))
     print("\n".join(text))
 
