@@ -161,15 +161,15 @@ def network(args, flags, envs, bank):
 def floor(lean, num_envs, trials, goal=3000):
     """(f): an update is epochs x minibatches of (e)'s whole agent; its CNN over the trials' frames alone bounds
     the training SPS, whatever the rest costs."""
-    batch, passes = 80 * num_envs, gf.Args().update_epochs * (num_envs // trials)
+    epochs, minibatches = gf.Args().update_epochs, num_envs // trials
+    batch, passes = 80 * num_envs, epochs * minibatches
     cnn_ms = lean["parts"]["CNN over the trials' frames"]
     whole_ms = lean["parts"]["the whole agent (get_action_and_value)"]
     budget_ms = batch / goal / passes * 1000.0  # even with a free rollout
-    return [f"(f) lean: an update makes {passes} passes ({gf.Args().update_epochs} epochs x {num_envs // trials} "
-            f"minibatches). Were the CNN over the trials' frames ({cnn_ms:.1f} ms a pass) all it cost, training "
-            f"could not pass {batch / (passes * cnn_ms / 1000.0):,.0f} SPS; with the whole agent "
-            f"({whole_ms:.1f} ms a pass, "
-            f"full banks) and a free rollout, {batch / (passes * whole_ms / 1000.0):,.0f}. {goal:,} SPS leaves "
+    return [f"(f) lean: an update makes {passes} passes ({epochs} epochs x {minibatches} minibatches). Were the "
+            f"CNN over the trials' frames ({cnn_ms:.1f} ms a pass) all it cost, training could not pass "
+            f"{batch / (passes * cnn_ms / 1000.0):,.0f} SPS; with the whole agent ({whole_ms:.1f} ms a pass, full "
+            f"banks) and a free rollout, {batch / (passes * whole_ms / 1000.0):,.0f}. {goal:,} SPS leaves "
             f"{budget_ms:.1f} ms a pass with a free rollout, "
             + ("less than the CNN alone: the goal needs a cheaper encoder or fewer passes over each sample, not "
                "faster small ops." if budget_ms < cnn_ms else
