@@ -50,13 +50,13 @@ def event_log(run_dir):
     return accumulator
 
 
-def scalars(run_dir, tag, minutes=False):
-    """(steps, values) of one logged scalar; with `minutes`, (wall-clock minutes since the run
-    started, values) instead: run names end with their start time."""
+def scalars(run_dir, tag, minutes=False, until=None):
+    """(steps, values) of one logged scalar, up to env step `until` if given; with `minutes`,
+    (wall-clock minutes since the run started, values) instead: run names end with their start time."""
     accumulator = event_log(str(run_dir))
     if tag not in accumulator.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
-    events = accumulator.Scalars(tag)
+    events = [e for e in accumulator.Scalars(tag) if until is None or e.step <= until]
     if minutes:
         return np.array([(e.wall_time - run_start(run_dir)) / 60 for e in events]), np.array([e.value for e in events])
     return np.array([e.step for e in events]), np.array([e.value for e in events])
@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--name", help="docs file names {env}_{name}.* (default: the tag), to plot a subset of runs apart")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     parser.add_argument("--plot-only", action="store_true", help="only read existing runs/ and plot")
+    parser.add_argument("--until", type=int, help="read the runs up to this env step only: compares runs stopped early "
+                        "with longer ones at the same step (the table's last evaluation is the last one before it)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags passed to every run")
     args = parser.parse_args()
     args.extra = [x for x in args.extra if x != "--"]
@@ -117,10 +119,11 @@ def smooth(values, width=10):
 
 
 def curves(args):
-    """(label, agent, its flags, exp-name of its runs) of every curve."""
+    """(label, agent, its flags, exp-name of its runs) of every curve; an agent drawn twice is labelled AGENT@EXP-NAME."""
     if not args.vary:  # AGENT@EXP names runs of another exp-name
-        return [(spec.split("@")[0], spec.split("@")[0], [], spec.split("@")[1] if "@" in spec else args.tag)
-                for spec in args.agents]
+        agents = [spec.split("@")[0] for spec in args.agents]
+        return [(spec if agents.count(agent) > 1 else agent, agent, [], spec.split("@")[1] if "@" in spec else args.tag)
+                for spec, agent in zip(args.agents, agents)]
     flag, values = args.vary[0], args.vary[1:]
     return [(f"{agent} --{flag} {value}", agent, [f"--{flag}", value], f"{args.tag}_{flag}{value}")
             for agent in args.agents for value in values]
@@ -162,9 +165,10 @@ def plot(args):
 
     os.makedirs(args.out, exist_ok=True)
     name = f"{args.env}_{args.name or args.tag}"
+    read = functools.partial(scalars, until=args.until)
     fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     episodes = " | ".join(f"ep {k}" for k in range(1, 6))
-    table = [f"| curve | seed | steps | {episodes} | mean | return | minutes |", "|" + "---|" * 11]
+    table = [f"| curve | seed | steps | {episodes} | mean | goal after a first failure | return | minutes |", "|" + "---|" * 12]
     summary = [f"| curve | seeds | {episodes} | mean |", "|" + "---|" * 8]
     marks = (15, 30, 45, 60)
     clock = [f"| curve | seeds | " + " | ".join(f"{m} min" for m in marks) + f" | first mean success >= {REACHED}: steps, minutes (per seed) |",
@@ -175,21 +179,23 @@ def plot(args):
             run = latest_run(args, exp, agent, seed)
             if run is None:
                 continue
-            steps, success = scalars(run, "charts/episode_success")
+            steps, success = read(run, "charts/episode_success")
             if len(success) >= 10:
                 training.append((steps[9:], smooth(success)))
-            clipping.append(scalars(run, "losses/clipfrac"))
-            if len(scalars(run, "eval/mean_success")[1]):
-                held_out.append(scalars(run, "eval/mean_success"))
-                held_out_minutes.append(scalars(run, "eval/mean_success", minutes=True))
-            final = [scalars(run, f"eval/success_ep{k}") for k in range(1, 6)]
+            clipping.append(read(run, "losses/clipfrac"))
+            if len(read(run, "eval/mean_success")[1]):
+                held_out.append(read(run, "eval/mean_success"))
+                held_out_minutes.append(read(run, "eval/mean_success", minutes=True))
+            final = [read(run, f"eval/success_ep{k}") for k in range(1, 6)]
             if all(len(values) for _, values in final):
                 per_episode = [values[-1] for _, values in final]
                 finals.append(per_episode)
-                ret = scalars(run, "eval/mean_return")[1][-1]
-                wall = (os.path.getmtime(glob.glob(run + "/events*")[0]) - run_start(run)) / 60
+                ret = read(run, "eval/mean_return")[1][-1]
+                recovery = read(run, "eval/goal_after_first_failure")[1]  # runs older than this scalar have none
+                wall = read(run, "eval/success_ep1", minutes=True)[0][-1]
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
-                             + f" | {np.mean(per_episode):.3f} | {ret:.2f} | {wall:.0f} |")
+                             + f" | {np.mean(per_episode):.3f} | {f'{recovery[-1]:.3f}' if len(recovery) else '-'} | {ret:.2f}"
+                             + f" | {wall:.0f} |")
         label = f"{label_} ({len(finals) or len(training)} seeds)"
         if held_out_minutes:
             clock.append(clock_row(label_, held_out, held_out_minutes, marks))
@@ -212,7 +218,7 @@ def plot(args):
     objects = floor[1] if floor is not None else 3  # X: 3 blocks, boxes or balls unless the grid's runs had other
     optimal = [min(k, objects) / objects for k in range(1, 6)]
     axes[2].plot(range(1, 6), optimal, "k--", label="Bayes-optimal")
-    table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | |")
+    table.append("| Bayes-optimal | | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} | | | |")
     summary.append("| Bayes-optimal | | " + " | ".join(f"{p:.3f}" for p in optimal) + f" | {np.mean(optimal):.3f} |")
     if floor is not None:  # what uniformly random moves score on the runs' grid: the floor under every curve
         grid_size, num_blocks, per_episode = floor
@@ -295,9 +301,10 @@ def plot_error_modes(args, plt, name):
     """Fig. 3c/d: the outcome of the 5 test episodes on each held-out level, per evaluation,
     one panel per agent, averaged over its seeds."""
     fig, axes = plt.subplots(1, len(curves(args)), figsize=(5 * len(curves(args)), 3.5), squeeze=False)
+    read = functools.partial(scalars, until=args.until)
     for ax, (label, agent, _, exp) in zip(axes[0], curves(args)):
         runs = [run for run in (latest_run(args, exp, agent, seed) for seed in args.seeds) if run]
-        modes = [[scalars(run, f"eval/{mode}") for run in runs] for mode in ERROR_MODES]
+        modes = [[read(run, f"eval/{mode}") for run in runs] for mode in ERROR_MODES]
         if not runs or not all(len(values) for mode in modes for _, values in mode):
             continue
         steps = mean_and_spread(modes[0])[0]

@@ -97,6 +97,30 @@ def test_learning_curves_read_agent_at_exp_name_runs_and_refuse_them_when_traini
     assert "--plot-only" in capsys.readouterr().err
 
 
+def test_an_agent_drawn_twice_is_labelled_with_its_exp_name():
+    import argparse
+
+    import learning
+
+    args = argparse.Namespace(agents=["memory@x2_aux", "memory@x2_lr", "snail@x2_lr"], vary=None, tag="fig3")
+    assert [label for label, *_ in learning.curves(args)] == ["memory@x2_aux", "memory@x2_lr", "snail"]
+
+
+def test_learning_reads_a_run_up_to_the_step_asked(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    import learning
+
+    run = tmp_path / "grid__x__memory__1__1700000000"
+    writer = SummaryWriter(str(run))
+    for step in (100, 200, 300):
+        writer.add_scalar("eval/mean_success", step / 1000, step)
+    writer.close()
+    assert learning.scalars(run, "eval/mean_success")[0].tolist() == [100, 200, 300]
+    steps, values = learning.scalars(run, "eval/mean_success", until=250)
+    assert steps.tolist() == [100, 200] and values.tolist() == pytest.approx([0.1, 0.2])
+
+
 def test_ladder_reads_the_grid_of_its_runs_from_their_flags():
     import grid_ladder
 
