@@ -246,6 +246,7 @@ def plot(args):
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --tag {args.tag}"
                + (f" --vary {' '.join(args.vary)}" if args.vary else "")
                + (f" --name {args.name}" if args.name else "") + (" --plot-only" if args.plot_only or args.name else "")
+               + (f" --until {args.until}" if args.until else "")
                + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`",
             f"on {machine()}, one torch thread per run, {args.parallel} runs at once.", "",
