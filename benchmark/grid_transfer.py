@@ -11,6 +11,7 @@ random policy and Bayes-optimal on the same levels. Writes one table, as docs/gr
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def row(name, summary):
     return f"| {name} | " + " | ".join(f"{summary[key]:.3f}" for key in COLUMNS) + " |"
 
 
+def transfer(path, num_blocks, num_levels):
+    """The checkpoint's agent tested on the first held-out levels of its grid with `num_blocks` blocks:
+    (its Args as trained, evaluate()'s summary)."""
+    run = grid.Args(num_test_levels=num_levels)
+    agent = grid.load_checkpoint(path, run, len(grid.MOVES), torch.device("cpu")).eval()
+    trained = dataclasses.replace(run)
+    run.num_blocks = num_blocks  # the network does not depend on it; only the levels change
+    levels = grid.make_levels("test", num_levels, run.grid_size, num_blocks)
+    return trained, grid.summarize(grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu"), num_blocks)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
@@ -42,14 +54,9 @@ def main():
 
     rows, grids = [], set()
     for path in args.checkpoints:
-        run = grid.Args(num_test_levels=args.levels)
-        agent = grid.load_checkpoint(path, run, len(grid.MOVES), torch.device("cpu")).eval()
-        trained_on = run.num_blocks
-        run.num_blocks = args.num_blocks  # the network does not depend on it; only the levels change
-        levels = grid.make_levels("test", args.levels, run.grid_size, args.num_blocks)
-        summary = grid.summarize(grid.evaluate(agent, run, levels, np.arange(args.levels), "cpu"), args.num_blocks)
-        rows.append(row(f"{run.agent}, trained on {trained_on} blocks: `{path}`", summary))
-        grids.add(run.grid_size)
+        trained, summary = transfer(path, args.num_blocks, args.levels)
+        rows.append(row(f"{trained.agent}, trained on {trained.num_blocks} blocks: `{path}`", summary))
+        grids.add(trained.grid_size)
         print(rows[-1])
     if len(grids) > 1:
         raise SystemExit("grid_transfer.py: error: the checkpoints were trained on different grids; give one grid at a time")

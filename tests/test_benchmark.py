@@ -211,6 +211,21 @@ def test_recovery_doc_names_the_bayes_line_of_its_grid():
     assert "1/2 of the episodes after a first failure" in bayes_line(3)
 
 
+def test_transfer_tests_a_two_block_agent_on_three_blocks(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_transfer
+
+    trained_as = grid.Args(grid_size=8, num_blocks=2, embed_dim=16, trial_len=12, eval_episodes=2, eval_envs=4)
+    path = tmp_path / "agent.pt"
+    torch.save(dict(args=vars(trained_as), model=grid.Agent(trained_as, len(grid.MOVES)).state_dict()), path)
+    trained, summary = grid_transfer.transfer(str(path), num_blocks=3, num_levels=4)
+    assert (trained.num_blocks, trained.grid_size, trained.embed_dim) == (2, 8, 16)
+    assert summary["bayes_optimal_mean"] == pytest.approx(np.mean([1 / 3, 2 / 3, 1, 1, 1]))  # three blocks tested
+    assert 0 <= summary["mean_success"] <= 1
+
+
 def test_throughput_floor_is_the_steps_of_an_update_over_its_passes_of_the_cnn():
     from grid_throughput import floor
 
