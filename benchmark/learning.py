@@ -5,6 +5,8 @@
     python benchmark/learning.py --agents memory --vary mem-len 6 20 80 --tag fig4a   # one flag's values
     python benchmark/learning.py --plot-only --tag fig3_L3 --agents memory@ladder_L3_w8fresh_memory snail@...
                                   # AGENT@EXP-NAME: draw runs made elsewhere (grid_ladder.py's, whose flags differ per agent)
+    python benchmark/learning.py --plot-only --until 200000 --tag probes --agents memory@run_a memory@run_b
+                                  # every run read up to one step: probes stopped early beside longer runs
 
 Trains every (agent, seed), or with `--vary FLAG V1 V2 ...` every (agent, value, seed), with
 {env}_failmem.py (one torch thread each, `--parallel` at once; flags after `--` go to every run),
