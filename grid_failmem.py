@@ -711,7 +711,9 @@ class Agent(nn.Module):
         # --bank-aux-coef (not in the paper): a logit per cell that a failure in the bank ended on it,
         # starting near the prior of one trap in G^2 cells
         cells = args.grid_size**2
-        self.trap_head = layer_init(nn.Linear(256, cells), bias_const=-math.log(cells)) if args.bank_aux_coef > 0 else None
+        self.trap_head = None
+        if args.bank_aux_coef > 0:
+            self.trap_head = layer_init(nn.Linear(256, cells), bias_const=-math.log(cells))
 
     def embed_memory(self, bank, reader=0):
         """Sec. 2.1: v_tau for every slot of a BankView -> (B, N, E), and the slots that hold a
@@ -1134,8 +1136,8 @@ def wandb_mode():
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim",
-                "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value",
-                "bank_aux_coef")
+                "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters",
+                "time_aware_value", "bank_aux_coef")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",
