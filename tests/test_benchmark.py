@@ -245,3 +245,37 @@ def test_cpu_ms_counts_the_processor_time_of_a_call_not_the_time_asleep():
     from timing import cpu_ms
 
     assert cpu_ms(lambda: time.sleep(0.01), seconds=0.05) < 5.0  # a sleeping call costs almost no CPU
+
+
+def test_device_sps_reads_the_last_update_of_each_log_and_writes_the_ratio(tmp_path, monkeypatch):
+    import grid_device_sps
+
+    line = "update {}/390 | step {} | SPS {} (rollout {} s, update {} s) | trial return 1.00 | episode success 0.5"
+    (tmp_path / "cpu_lean16.log").write_text("\n".join([
+        "grid__sps_cpu_lean16__memory__1__0: 407,285 parameters, 390 updates",
+        line.format(1, 3840, 600, 0.8, 5.2), line.format(2, 7680, 640, 0.6, 4.9)]))
+    (tmp_path / "gpu_lean16.log").write_text(line.format(3, 11520, 1280, 0.7, 4.0))
+    (tmp_path / "cpu_paper16.log").write_text("Traceback (most recent call last): no update line")
+    assert grid_device_sps.last_update(tmp_path / "cpu_lean16.log") == (640, 0.6, 4.9)
+    assert grid_device_sps.last_update(tmp_path / "cpu_paper16.log") is None
+    assert grid_device_sps.last_update(tmp_path / "gpu_paper64.log") is None  # never written
+    out = tmp_path / "doc.md"
+    monkeypatch.setattr(sys, "argv", ["grid_device_sps.py", "--from-logs", "--logs", str(tmp_path), "--out", str(out)])
+    grid_device_sps.main()
+    rows = [row for row in out.read_text().splitlines() if row.startswith("| default network")]
+    assert rows == ["| default network, default task (8 x 8, 2 blocks, 16 px) | 640 (0.6 + 4.9 s) | 1,280 (0.7 + 4.0 s) "
+                    "| 2.0x |"]
+    assert "| paper's network, default task (8 x 8, 2 blocks, 16 px) | - | - | - |" in out.read_text()
+    assert "machine not recorded" in out.read_text()
+
+
+def test_device_sps_without_a_gpu_stops_before_any_run(tmp_path, monkeypatch):
+    import torch
+
+    import grid_device_sps
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["grid_device_sps.py", "--logs", str(tmp_path / "logs")])
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        grid_device_sps.main()
+    assert not (tmp_path / "logs").exists()

@@ -1,0 +1,107 @@
+"""Training throughput of grid_failmem.py on one CPU thread and on a GPU, side by side in one run.
+
+    python benchmark/grid_device_sps.py [--logs DIR] [--from-logs]
+
+Three networks, each trained for a few updates by grid_failmem.py itself (rollout + PPO update, the
+SPS it prints): the default (lean) network on the default task (8 x 8 grid, two blocks, 16 px), the
+paper's network (IMPALA with 2 residual blocks a stage, SNAIL of two TC + attention pairs of 32) on the
+same task, and the paper's network on the paper's task (16 x 16 grid, three blocks, 64 px frames).
+The GPU runs go one after another (`--cuda --threads 2`); the CPU runs (`--no-cuda --threads 1`) run
+beside them at the same time, one process each, so a machine with fewer than 5 free cores slows them.
+Each run's output is kept in DIR/{cpu,gpu}_{network}.log; `--from-logs` rebuilds the table from those
+files without training. Writes docs/grid_device_sps.md.
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from learning import write_doc  # noqa: E402
+from timing import cpu_name  # noqa: E402
+
+PAPER = ["--cnn-channels", "16", "32", "32", "--cnn-blocks", "2", "--cnn-out", "256", "--snail-blocks", "2",
+         "--snail-filters", "32"]
+NETWORKS = {  # name -> (what it is, flags on grid_failmem.py's defaults)
+    "lean16": ("default network, default task (8 x 8, 2 blocks, 16 px)", []),
+    "paper16": ("paper's network, default task (8 x 8, 2 blocks, 16 px)", PAPER),
+    "paper64": ("paper's network, paper's task (16 x 16, 3 blocks, 64 px)",
+                PAPER + ["--grid-size", "16", "--num-blocks", "3", "--obs-size", "64"]),
+}
+DEVICES = {  # name -> (flags, updates timed)
+    "cpu": (["--no-cuda", "--threads", "1"], 2),
+    "gpu": (["--cuda", "--threads", "2"], 3),
+}
+UPDATE_LINE = re.compile(r"^update (\d+)/\d+ \| step (\d+) \| SPS (\d+) \(rollout ([\d.]+) s, update ([\d.]+) s\)", re.M)
+
+
+def command(device, network, updates):
+    flags, _ = DEVICES[device]
+    return [sys.executable, str(ROOT / "grid_failmem.py"), *flags, *NETWORKS[network][1], "--total-timesteps",
+            "1500000", "--eval-every", "0", "--checkpoint-minutes", "1000", "--stop-after", str(updates),
+            "--exp-name", f"sps_{device}_{network}"]
+
+
+def run_all(logs):
+    """The GPU runs one after another, the CPU runs beside them, each printing into logs/DEVICE_NETWORK.log;
+    logs/machine.txt names the machine."""
+    (logs / "machine.txt").write_text(f"CPU: {cpu_name()}; GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}")
+    cpu_runs = [subprocess.Popen(command("cpu", network, DEVICES["cpu"][1] - (network == "paper64")),
+                                 stdout=open(logs / f"cpu_{network}.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+                for network in NETWORKS]
+    for network in NETWORKS:
+        with open(logs / f"gpu_{network}.log", "w") as out:
+            subprocess.run(command("gpu", network, DEVICES["gpu"][1]), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    for run in cpu_runs:
+        run.wait()
+
+
+def last_update(path):
+    """(SPS as the run printed it after its last update, that update's rollout s, its PPO update s), or None."""
+    if not path.exists():
+        return None
+    lines = UPDATE_LINE.findall(path.read_text())
+    return (int(lines[-1][2]), float(lines[-1][3]), float(lines[-1][4])) if lines else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logs", default="runs/device_sps", help="where the runs' output is kept")
+    parser.add_argument("--from-logs", action="store_true", help="only rebuild the table from the logs")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "grid_device_sps.md"))
+    args = parser.parse_args()
+    logs = ROOT / args.logs
+    if not args.from_logs:
+        if not torch.cuda.is_available():
+            raise SystemExit("grid_device_sps.py: error: no CUDA device here (--from-logs rebuilds the table from logs)")
+        logs.mkdir(parents=True, exist_ok=True)
+        run_all(logs)
+
+    rows = []
+    for network, (what, _) in NETWORKS.items():
+        cpu, gpu = last_update(logs / f"cpu_{network}.log"), last_update(logs / f"gpu_{network}.log")
+        cells = [f"{r[0]:,} ({r[1]:.1f} + {r[2]:.1f} s)" if r else "-" for r in (cpu, gpu)]
+        ratio = f"{gpu[0] / cpu[0]:.1f}x" if cpu and gpu else "-"
+        rows.append(f"| {what} | {cells[0]} | {cells[1]} | {ratio} |")
+        print(rows[-1])
+    machine = (logs / "machine.txt").read_text().strip() if (logs / "machine.txt").exists() else "machine not recorded"
+    text = "\n".join([
+        "# Gridworld: training throughput, one CPU thread against a GPU", "",
+        f"Made by `python benchmark/grid_device_sps.py{' --from-logs' if args.from_logs else ''}` "
+        f"({machine}; logs in `{args.logs}`).", "",
+        "Training steps per second as grid_failmem.py prints them after its last timed update (CPU: 2 updates, 1 for "
+        "the 64 px network; GPU: 3), and in brackets that update's rollout + PPO update in seconds (an update is "
+        "3,840 steps: 48 trials of 80; PPO makes 8 epochs of 12 minibatches of 4 trials). CPU: `--no-cuda --threads 1`; "
+        "GPU: `--cuda --threads 2`. The memory agent, its other flags the defaults.", "",
+        "| network and task | one CPU thread | GPU | GPU / CPU |", "|---|---|---|---|", *rows, "",
+    ])
+    write_doc(Path(args.out), text)
+
+
+if __name__ == "__main__":
+    main()
