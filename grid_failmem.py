@@ -175,9 +175,6 @@ class Args:
     """gradient norm clip"""
     target_kl: float | None = None
     """stop the epochs of an update once the approximate KL passes this"""
-    bank_aux_coef: float = 0.0
-    """weight of an auxiliary loss, not in the paper (README): at each step the policy's hidden state
-    predicts the cells of the traps that the failures in its bank ended on; 0 turns it off"""
 
     # Evaluation (Sec. 3.1.2)
     eval_every: int = 50
@@ -281,11 +278,6 @@ def check_args(args):
         (not 0 <= args.vf_coef < math.inf, f"--vf-coef must be 0 or positive, got {args.vf_coef}"),
         (not args.max_grad_norm > 0, f"--max-grad-norm must be positive, got {args.max_grad_norm}"),
         (args.target_kl is not None and not args.target_kl > 0, f"--target-kl must be positive, got {args.target_kl}"),
-        (not 0 <= args.bank_aux_coef < math.inf, f"--bank-aux-coef must be 0 or positive, got {args.bank_aux_coef}"),
-        (
-            args.bank_aux_coef > 0 and bank_for(args.agent, succeeded=False) is None,
-            f"--bank-aux-coef needs an agent with a bank of failures, not {args.agent}",
-        ),
         (not args.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or positive, got {args.checkpoint_minutes}"),
         (args.stop_after < 0, f"--stop-after must be 0 or positive, got {args.stop_after}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
@@ -583,20 +575,6 @@ class TrialMemory:
         return BankView(frames, actions, rewards, valid)
 
 
-def trap_cells(bank, grid_size):
-    """(B, N) the cell (row * G + col) of the trap each stored failure of a BankView (tensors) ended
-    on, -1 for an empty slot or an episode that ran out of steps: the agent's cell in the frame the
-    last action was taken on, moved by that action (the target of --bank-aux-coef)."""
-    last = bank.frames[:, :, -1]  # padding is at the front, so a filled slot's last step is its episode's
-    scale = last.shape[-2] // grid_size
-    agent_cell = (last[..., ::scale, ::scale, :] == 0).all(-1).flatten(-2).float().argmax(-1)
-    move = torch.as_tensor(MOVES, device=last.device)[bank.actions[:, :, -1]]
-    row = (agent_cell // grid_size + move[..., 0]).clamp(0, grid_size - 1)
-    col = (agent_cell % grid_size + move[..., 1]).clamp(0, grid_size - 1)
-    trap = bank.valid[:, :, -1] & (bank.rewards[:, :, -1] < 0)
-    return torch.where(trap, row * grid_size + col, -1)
-
-
 def rollout_levels(level_rng, num_train_levels, num_envs):
     """The training levels of one rollout, one per env: distinct, as two envs on one level would
     write its bank twice in one trial (repeats only when there are fewer levels than envs)."""
@@ -705,15 +683,9 @@ class Agent(nn.Module):
         # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3); memory-sf concatenates both reads (Fig. C.2)
         self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
-        self.trial_len, self.time_aware, self.grid_size = args.trial_len, args.time_aware_value, args.grid_size
+        self.trial_len, self.time_aware = args.trial_len, args.time_aware_value
         self.episode_history = args.train_history == "episode"
         self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
-        # --bank-aux-coef (not in the paper): a logit per cell that a failure in the bank ended on it,
-        # starting near the prior of one trap in G^2 cells
-        cells = args.grid_size**2
-        self.trap_head = None
-        if args.bank_aux_coef > 0:
-            self.trap_head = layer_init(nn.Linear(256, cells), bias_const=-math.log(cells))
 
     def embed_memory(self, bank, reader=0):
         """Sec. 2.1: v_tau for every slot of a BankView -> (B, N, E), and the slots that hold a
@@ -765,20 +737,17 @@ class Agent(nn.Module):
                 self.snail.step(prefix[:, t], cache, t)
         return cache, memories
 
-    def heads(self, trial_features, obs_embed, memories, steps, with_hidden=False):
-        """Logits and values (and with `with_hidden` the trunk's features they are read from); `steps`
-        is the position in the trial: the rollout's t, or (T,) for whole trials."""
+    def heads(self, trial_features, obs_embed, memories, steps):
+        """Logits and values; `steps` is the position in the trial: the rollout's t, or (T,) for whole trials."""
         hidden = [self.trial_mlp(trial_features)]
         query = obs_embed if obs_embed.dim() == 3 else obs_embed[:, None]
         for read, (memory, slots) in zip(self.memory_read, memories):
             hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
         hidden = self.trunk(torch.cat(hidden, -1))
-        critic_in = hidden
-        if self.time_aware:
-            place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
-            critic_in = torch.cat([hidden, place[..., None] / self.trial_len], -1)
-        outputs = self.actor(hidden), self.critic(critic_in).squeeze(-1)
-        return (*outputs, hidden) if with_hidden else outputs
+        if not self.time_aware:
+            return self.actor(hidden), self.critic(hidden).squeeze(-1)
+        place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
+        return self.actor(hidden), self.critic(torch.cat([hidden, place[..., None] / self.trial_len], -1)).squeeze(-1)
 
     def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
@@ -795,10 +764,8 @@ class Agent(nn.Module):
         x = self.trial_input(obs_embed, prev_actions, prev_rewards, episode_starts)
         return self.heads(self.snail.step(x, cache, self.prefix_len + t), obs_embed, memories, t)
 
-    def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None,
-                             with_hidden=False):
-        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank a BankView with `visible`.
-        With `with_hidden` the trunk's features (B, T, 256) come last, for --bank-aux-coef."""
+    def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
+        """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank a BankView with `visible`."""
         obs_embed = self.obs_embed(self.cnn(frames))
         if self.name == "ppo-finetune":
             trial_features = obs_embed
@@ -814,20 +781,11 @@ class Agent(nn.Module):
             trial_features = self.snail(x, episode_starts if self.episode_history else None)[:, self.prefix_len :]
         # which slots each step saw, as the bank may grow during the trial
         memories = [(memory, filled[:, None] & bank.visible) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
-        logits, values, *hidden = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]),
-                                             with_hidden)
+        logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
         dist = Categorical(logits=logits)
         if actions is None:
             actions = dist.sample()
-        return actions, dist.log_prob(actions), dist.entropy(), values, *hidden
-
-    def trap_loss(self, hidden, bank):
-        """--bank-aux-coef: binary cross-entropy, summed over cells and averaged over steps, of the
-        trap head's logits (B, T, G^2) against the cells named by the failures each step saw."""
-        traps = trap_cells(bank, self.grid_size)
-        named = F.one_hot(traps.clamp(min=0), self.grid_size**2).bool() & (traps >= 0)[..., None]  # (B, N, G^2)
-        seen = (bank.visible[..., None] & named[:, None]).any(2).float()  # (B, T, G^2)
-        return F.binary_cross_entropy_with_logits(self.trap_head(hidden), seen, reduction="none").sum(-1).mean()
+        return actions, dist.log_prob(actions), dist.entropy(), values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,11 +815,10 @@ def ppo_update(agent, optimizer, args, batch, device):
         batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
     for epoch in range(args.update_epochs):
         for idx in torch.randperm(len(batch["actions"])).split(args.trials_per_minibatch):
-            mb_banks = [bank.to(device, idx) for bank in batch["banks"]]
-            _, newlogprob, entropy, newvalue, *hidden = agent.get_action_and_value(
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(
                 batch["frames"][idx].to(device), batch["prev_actions"][idx].to(device),
                 batch["prev_rewards"][idx].to(device), batch["starts"][idx].to(device),
-                mb_banks, batch["actions"][idx].to(device), with_hidden=args.bank_aux_coef > 0,
+                [bank.to(device, idx) for bank in batch["banks"]], batch["actions"][idx].to(device),
             )
             mb_logprobs, mb_advantages = batch["logprobs"][idx].to(device), batch["advantages"][idx].to(device)
             mb_returns, mb_values = batch["returns"][idx].to(device), batch["values"][idx].to(device)
@@ -884,9 +841,6 @@ def ppo_update(agent, optimizer, args, batch, device):
                 v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
             entropy_loss = entropy.mean()
             loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-            if hidden:  # not in the paper: the traps its failures name, read back from the policy's features
-                trap_loss = agent.trap_loss(hidden[0], mb_banks[0])
-                loss = loss + args.bank_aux_coef * trap_loss
 
             optimizer.zero_grad()
             loss.backward()
@@ -894,9 +848,8 @@ def ppo_update(agent, optimizer, args, batch, device):
             optimizer.step()
         if args.target_kl is not None and approx_kl > args.target_kl:
             break
-    losses = dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item(),
-                  old_approx_kl=old_approx_kl.item(), approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)))
-    return dict(losses, trap_loss=trap_loss.item()) if hidden else losses
+    return dict(value_loss=v_loss.item(), policy_loss=pg_loss.item(), entropy=entropy_loss.item(),
+                old_approx_kl=old_approx_kl.item(), approx_kl=approx_kl.item(), clipfrac=float(np.mean(clipfracs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1136,8 +1089,7 @@ def wandb_mode():
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim",
-                "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters",
-                "time_aware_value", "bank_aux_coef")
+                "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",

@@ -559,71 +559,6 @@ def test_the_bank_keeps_the_frame_each_step_was_taken_on():
     assert (stored[-1] == levels["colours"][0][0]).all(-1).any()
 
 
-# --- the auxiliary trap loss (--bank-aux-coef, not in the paper) --------------------------------
-def walk(levels, moves, max_steps=80):
-    """Frames each action was taken on, the actions and the rewards of one episode on a GridWorld."""
-    env = gf.GridWorld(levels, W, W, max_steps)
-    frame, _ = env.reset(options={"level": 0})
-    frames, rewards = [], []
-    for move in moves:
-        frames.append(frame)
-        frame, reward, terminated, truncated, _ = env.step(move)
-        rewards.append(reward)
-        if terminated or truncated:
-            break
-    return np.stack(frames), np.array(moves[: len(frames)]), np.array(rewards, np.float32)
-
-
-def test_trap_cells_name_the_block_a_failure_walked_into():
-    levels = custom_levels((2, 2), [(2, 6), (9, 2), (12, 12)], goal=2)
-    bank = gf.MemoryBank(4, 6, (W, W, 3), float("inf"))
-    bank.add(0, *walk(levels, [RIGHT] * 4))  # into the trap at (2, 6), 4 steps: padded to L = 6
-    bank.add(0, *walk(levels, [UP] * 3 + [DOWN] * 9))  # once against the border, then into the trap at (9, 2)
-    bank.add(0, *walk(levels, [LEFT, RIGHT] * 2, max_steps=4))  # ran out of steps beside no block
-    view = bank.get([0]).to("cpu")
-    assert gf.trap_cells(view, W).tolist() == [[2 * W + 6, 9 * W + 2, -1, -1]]  # the last slot is empty
-    scaled = gf.MemoryBank(1, 6, (2 * W, 2 * W, 3), float("inf"))  # two pixels a cell
-    frames, actions, rewards = walk(levels, [RIGHT] * 4)
-    scaled.add(0, frames.repeat(2, 1).repeat(2, 2), actions, rewards)
-    assert gf.trap_cells(scaled.get([0]).to("cpu"), W).tolist() == [[2 * W + 6]]
-
-
-def test_trap_loss_targets_the_traps_of_the_slots_each_step_saw():
-    args = small_args(agent="memory", bank_aux_coef=0.1, grid_size=W, obs_size=W, mem_size=2, mem_len=6)
-    agent = gf.Agent(args, 4)
-    levels = custom_levels((2, 2), [(2, 6), (9, 2)], goal=1)
-    bank = gf.MemoryBank(2, 6, (W, W, 3), float("inf"))
-    bank.add(0, *walk(levels, [RIGHT] * 4))
-    view = bank.get([0]).to("cpu")
-    trap = 2 * W + 6
-    with torch.no_grad():  # a head that is sure the trap is named, and that nothing else is
-        agent.trap_head.weight.zero_()
-        agent.trap_head.bias.fill_(-20.0)
-        agent.trap_head.bias[trap] = 20.0
-    hidden = torch.zeros(1, 3, 256)
-    seen_always = view._replace(visible=torch.ones(1, 3, 2, dtype=torch.bool))
-    seen_from_step_2 = view._replace(visible=torch.tensor([[[False] * 2, [False] * 2, [True, False]]]))
-    assert agent.trap_loss(hidden, seen_always).item() < 1e-6
-    assert agent.trap_loss(hidden, seen_from_step_2).item() == pytest.approx(2 / 3 * 20, rel=1e-4)
-
-
-def test_the_trap_head_exists_only_with_the_loss():
-    assert gf.Agent(small_args(agent="memory"), 4).trap_head is None
-    with_loss = gf.Agent(small_args(agent="memory", bank_aux_coef=0.1), 4)
-    assert with_loss.trap_head.out_features == with_loss.grid_size**2
-
-
-def test_script_trains_with_the_trap_loss_and_its_checkpoint_evaluates(tmp_path):
-    out = run_script(*TINY, "--bank-aux-coef", "0.1", "--grid-size", "8", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    [run_dir] = glob.glob(str(tmp_path / "runs" / "grid__*__memory__1__*"))
-    losses = scalars(run_dir, "losses/trap_loss")
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    out = run_script("--eval-only", "--checkpoint", str(Path(run_dir) / "agent.pt"), "--num-test-levels", "3",
-                     "--eval-episodes", "2", "--threads", "1", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-
-
 @pytest.mark.parametrize("agent_name", ["memory", "ppo-finetune"])
 def test_eval_sample_draws_seeded_actions_and_greedy_takes_the_most_likely(agent_name):
     logits = torch.tensor([[0.0, 2.0, 1.0, -1.0]]).repeat(400, 1)
@@ -833,9 +768,6 @@ BAD_FLAGS = [
     (dict(init_from="missing.pt"), "--init-from missing.pt does not exist"),
     (dict(init_from=str(ROOT / "README.md"), resume=str(ROOT / "README.md")), "--init-from starts a new training run"),
     (dict(init_from=str(ROOT / "README.md"), eval_only=True, checkpoint=str(ROOT / "README.md")), "--init-from"),
-    (dict(bank_aux_coef=-0.1), "--bank-aux-coef"),
-    (dict(bank_aux_coef=0.1, agent="snail"), "--bank-aux-coef"),
-    (dict(bank_aux_coef=0.1, agent="ppo-finetune"), "--bank-aux-coef"),
 ]
 
 
