@@ -1383,7 +1383,8 @@ if __name__ == "__main__":
     if initial_weights is not None:
         agent.load_state_dict(initial_weights)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates")
+    print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates, "
+          f"on {device}")
 
     # storage: one whole trial per env
     shape = (args.num_envs, args.trial_len)

@@ -1445,7 +1445,8 @@ if __name__ == "__main__":
 
     agent = Agent(args, num_actions).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates")
+    print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates, "
+          f"on {device}")
 
     # storage: one whole trial per env
     shape = (args.num_envs, args.trial_len)

@@ -670,6 +670,8 @@ def scalars(run_dir, tag):
 def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     out = run_script("--agent", agent_name, "--capture-video", *TINY, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    # the device is said, never chosen silently
+    assert "updates, on cpu" in out.stdout or "updates, on cuda" in out.stdout
     [run_dir] = glob.glob(str(tmp_path / "runs" / f"grid__*__{agent_name}__1__*"))
     assert glob.glob(run_dir + "/events.out.tfevents.*")
     assert len(scalars(run_dir, "losses/value_loss")) == 2

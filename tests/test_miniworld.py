@@ -577,6 +577,7 @@ def test_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
         return out.stdout
 
     stopped = run("--exp-name", "resumed", "--stop-after", "1")
+    assert "updates, on cpu" in stopped or "updates, on cuda" in stopped
     checkpoint = stopped.split("checkpoint: ")[-1].split()[0]
     assert "stopped as --stop-after asks after update 1/3" in stopped
     assert "resumed from" in run("--exp-name", "resumed", "--resume", checkpoint, "--num-workers", "0")

@@ -229,6 +229,7 @@ def test_script_trains_checkpoints_and_evaluates(tmp_path, agent, extra):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "update 6/6" in out.stdout and "evaluation at step 240" in out.stdout
+    assert "updates, on cpu" in out.stdout or "updates, on cuda" in out.stdout
     run_dir = next((tmp_path / "runs").glob("reacher__test__*"))
     assert list(run_dir.glob("events.out.tfevents.*"))
     if agent == "memory":
