@@ -18,7 +18,6 @@ Writes docs/grid_throughput_obs{N}_threads{K}.md.
 """
 
 import argparse
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import grid_failmem as gf  # noqa: E402
 from learning import write_doc  # noqa: E402
-from timing import cpu_ms, cpu_name, rate  # noqa: E402
+from timing import cpu_ms, cpu_name, last_update, rate  # noqa: E402
 
 NETWORKS = {  # name -> flags on grid_failmem.py's defaults
     "paper": ["--cnn-channels", "16", "32", "32", "--cnn-blocks", "2", "--cnn-out", "256", "--snail-blocks", "2",
@@ -131,8 +130,7 @@ def network(args, flags, envs, bank):
                str(args.updates * 80 * args.num_envs), "--eval-every", "0",
                "--num-test-levels", "1", "--exp-name", "throughput", *flags]
     out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
-    training = float(re.findall(r"SPS (\d+)", out)[-1])
-    rollout_s, update_s = (float(x) for x in re.findall(r"rollout ([\d.]+) s, update ([\d.]+) s", out)[-1])
+    training, rollout_s, update_s = last_update(out)
 
     # (e) one minibatch of the update, forward + backward, part by part (the memory agent, full banks)
     trials = agent_args.trials_per_minibatch

@@ -2,6 +2,7 @@
 the flags of the network and update the scripts had before 2026-11-26."""
 
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -36,3 +37,10 @@ def cpu_name():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def last_update(output):
+    """(training SPS, rollout seconds, PPO update seconds) of the last update line grid_failmem.py
+    printed in `output`, or None when it printed none (the SPS is the run's mean so far)."""
+    lines = re.findall(r"SPS (\d+) \(rollout ([\d.]+) s, update ([\d.]+) s\)", output)
+    return (int(lines[-1][0]), float(lines[-1][1]), float(lines[-1][2])) if lines else None

@@ -256,9 +256,9 @@ def test_device_sps_reads_the_last_update_of_each_log_and_writes_the_ratio(tmp_p
         line.format(1, 3840, 600, 0.8, 5.2), line.format(2, 7680, 640, 0.6, 4.9)]))
     (tmp_path / "gpu_lean16.log").write_text(line.format(3, 11520, 1280, 0.7, 4.0))
     (tmp_path / "cpu_paper16.log").write_text("Traceback (most recent call last): no update line")
-    assert grid_device_sps.last_update(tmp_path / "cpu_lean16.log") == (640, 0.6, 4.9)
-    assert grid_device_sps.last_update(tmp_path / "cpu_paper16.log") is None
-    assert grid_device_sps.last_update(tmp_path / "gpu_paper64.log") is None  # never written
+    assert grid_device_sps.logged_update(tmp_path / "cpu_lean16.log") == (640, 0.6, 4.9)
+    assert grid_device_sps.logged_update(tmp_path / "cpu_paper16.log") is None
+    assert grid_device_sps.logged_update(tmp_path / "gpu_paper64.log") is None  # never written
     out = tmp_path / "doc.md"
     monkeypatch.setattr(sys, "argv", ["grid_device_sps.py", "--from-logs", "--logs", str(tmp_path), "--out", str(out)])
     grid_device_sps.main()
