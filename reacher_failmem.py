@@ -625,6 +625,8 @@ class MemoryBank:
     steps long and padded at the front when its episode was shorter. Frames are bounded by
     `ram_bytes`: past it, the bank of the least recently used level is dropped whole."""
 
+    save_chunk_bytes = 2**26  # bytes of frames in each tensor that state_dict writes
+
     def __init__(self, mem_size, mem_len, obs_shape, ram_bytes, clear_when_full=False):
         self.mem_size, self.mem_len, self.obs_shape, self.ram_bytes = mem_size, mem_len, obs_shape, ram_bytes
         self.clear_when_full = clear_when_full  # Sec. 3.4: the success bank is emptied once full
@@ -669,15 +671,19 @@ class MemoryBank:
 
     def state_dict(self):
         """Everything a resumed run needs, as tensors: the levels in LRU order, how many
-        trajectories each holds, the trajectories oldest first (frames one tensor each, not
-        copied; actions, rewards, valid steps stacked), the evicted levels."""
+        trajectories each holds, the trajectories oldest first (frames stacked in chunks of about
+        64 MiB: torch.save and torch.load pay per tensor, and one tensor a trajectory made 40,000
+        full gridworld banks take minutes to read back; actions, rewards, valid steps stacked),
+        the evicted levels."""
         trajectories = [trajectory for bank in self.banks.values() for trajectory in bank]
+        chunk = max(1, self.save_chunk_bytes // self.traj_bytes)
         stacked = [np.stack([t[i] for t in trajectories]) if trajectories else np.zeros((0, self.mem_len), dtype)
                    for i, dtype in ((1, np.int64), (2, np.float32), (3, bool))]
         return dict(
             levels=torch.tensor(list(self.banks), dtype=torch.long),
             counts=torch.tensor([len(bank) for bank in self.banks.values()], dtype=torch.long),
-            frames=[torch.from_numpy(t[0]) for t in trajectories],
+            frames=[torch.from_numpy(np.stack([t[0] for t in trajectories[i : i + chunk]]))
+                    for i in range(0, len(trajectories), chunk)],
             actions=torch.from_numpy(stacked[0]),
             rewards=torch.from_numpy(stacked[1]),
             valid=torch.from_numpy(stacked[2]),
@@ -685,9 +691,11 @@ class MemoryBank:
         )
 
     def load_state_dict(self, state):
-        steps = iter(zip(state["frames"], state["actions"], state["rewards"], state["valid"]))
+        # a checkpoint from before the chunks holds one (L, H, W, C) tensor a trajectory
+        frames = (row for chunk in state["frames"] for row in chunk.view(-1, self.mem_len, *self.obs_shape).numpy())
+        steps = zip(frames, *(state[key].numpy() for key in ("actions", "rewards", "valid")))
         self.banks = OrderedDict(
-            (int(level), [tuple(x.numpy() for x in next(steps)) for _ in range(int(count))])
+            (int(level), [next(steps) for _ in range(int(count))])
             for level, count in zip(state["levels"], state["counts"])
         )
         self.num_trajectories = sum(len(bank) for bank in self.banks.values())

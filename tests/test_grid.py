@@ -820,6 +820,27 @@ def test_bank_state_dict_keeps_trajectories_lru_order_and_counters():
             assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs))
 
 
+@pytest.mark.parametrize("per_tensor, layout", [(2, "chunks"), (3, "chunks"), (100, "chunks"), (1, "per trajectory")])
+def test_bank_state_dict_stacks_frames_in_chunks_and_reads_the_old_layout(per_tensor, layout):
+    """Frames are saved a few trajectories a tensor (torch.save pays per tensor); a checkpoint
+    written before, one tensor a trajectory, still loads into the same banks."""
+    traj_bytes = 4 * 4 * 4 * 3
+    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
+    bank.save_chunk_bytes = per_tensor * traj_bytes
+    for level, value in ((0, 1), (1, 2), (0, 3), (2, 4), (1, 5)):
+        bank.add(level, *trajectory(2 + level, value))
+    state = bank.state_dict()
+    assert [len(chunk) for chunk in state["frames"]] == [min(per_tensor, 5 - i) for i in range(0, 5, per_tensor)]
+    if layout == "per trajectory":
+        state["frames"] = [row for chunk in state["frames"] for row in chunk]
+    copy = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
+    copy.load_state_dict(state)
+    assert list(copy.banks) == list(bank.banks) and copy.num_trajectories == 5
+    for level in bank.banks:
+        for mine, theirs in zip(bank.banks[level], copy.banks[level], strict=True):
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs, strict=True))
+
+
 @pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
 def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path, kill_at):
     """A saver killed (SIGKILL, by itself, so the kill lands where the test says every time) inside

@@ -375,6 +375,27 @@ def test_bank_evicted_levels_counts_levels_not_evictions():
     assert bank.evicted_levels == 2 and set(bank.banks) == {1}
 
 
+@pytest.mark.parametrize("layout", ["chunks", "per trajectory"])
+def test_bank_state_dict_stacks_frames_in_chunks_and_reads_the_old_layout(layout):
+    """Frames are saved a few trajectories a tensor (torch.save pays per tensor); a checkpoint
+    written before, one tensor a trajectory, still loads into the same banks."""
+    traj_bytes = 4 * 4 * 4 * 3
+    bank = rf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
+    bank.save_chunk_bytes = 2 * traj_bytes
+    for level, value in ((0, 1), (1, 2), (0, 3), (2, 4), (1, 5)):
+        bank.add(level, *trajectory(2 + level, value))
+    state = bank.state_dict()
+    assert [len(chunk) for chunk in state["frames"]] == [2, 2, 1]
+    if layout == "per trajectory":
+        state["frames"] = [row for chunk in state["frames"] for row in chunk]
+    copy = rf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
+    copy.load_state_dict(state)
+    assert list(copy.banks) == list(bank.banks) and copy.num_trajectories == 5
+    for level in bank.banks:
+        for mine, theirs in zip(bank.banks[level], copy.banks[level], strict=True):
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs, strict=True))
+
+
 @pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
 def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path, kill_at):
     """A saver killed (SIGKILL, by itself, so the kill lands where the test says every time) inside
