@@ -622,6 +622,21 @@ def first_episode_success(terminated, truncated, success):
     return float((ended.any(1) & success[np.arange(len(first)), first]).mean())
 
 
+def goal_after_a_failure(terminated, truncated, success):
+    """Of the trials whose first episode failed, the share whose second reached the goal (a cut-off
+    second episode counts as a miss): the training twin of the test's "goal after a first failure",
+    the memory's work, which episode success hides when a found goal is repeated many times a trial.
+    NaN when no first episode failed."""
+    ended = terminated | truncated
+    rows = np.arange(len(ended))
+    first = ended.argmax(1)
+    failed = ended.any(1) & ~success[rows, first]
+    later = ended & (np.arange(ended.shape[1]) > first[:, None])
+    second = later.argmax(1)
+    reached = later.any(1) & success[rows, second]
+    return float(reached[failed].mean()) if failed.any() else float("nan")
+
+
 def bank_for(agent_name, succeeded):
     """The bank an episode enters, or None. Sec. 2: failures; Sec. 3.4: memory-sf keeps successes
     in a second bank, memory-sf-mix keeps both in one; snail has no bank."""
@@ -1495,6 +1510,8 @@ if __name__ == "__main__":
         writer.add_scalar("charts/episodes_per_trial", episodes_done / args.num_envs, global_step)
         writer.add_scalar("charts/first_episode_success", first_episode_success(terminated_buf, truncated_buf, success_buf),
                           global_step)
+        recovered = goal_after_a_failure(terminated_buf, truncated_buf, success_buf)
+        writer.add_scalar("charts/goal_after_a_failure", recovered, global_step)
         # the other two endings: a wrong object (reward -1) or the step limit
         writer.add_scalar("charts/episode_wrong_touch", (rewards_buf < 0).sum().item() / max(episodes_done, 1), global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
@@ -1516,7 +1533,7 @@ if __name__ == "__main__":
         print(
             f"update {iteration}/{args.num_iterations} | step {global_step} | SPS {sps} "
             f"(rollout {rollout_s:.1f} s, update {update_s:.1f} s) | "
-            f"trial return {trial_return:.2f} | episode success {train_success:.3f} | "
+            f"trial return {trial_return:.2f} | episode success {train_success:.3f} | goal after a failure {recovered:.2f} | "
             f"bank {banks[0].num_trajectories} trajectories, {sum(b.nbytes for b in banks) / 2**20:.1f} MiB"
         )
 

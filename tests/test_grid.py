@@ -219,6 +219,18 @@ def test_ended_episodes_and_cut_off_ones():
     assert gf.first_episode_success(terminated, truncated, success) == 0.5
 
 
+def test_goal_after_a_failure_reads_the_episode_after_a_failed_first():
+    terminated, truncated, success = (np.zeros((4, 10), bool) for _ in range(3))
+    terminated[0, [2, 5]] = success[0, 5] = True  # trap, then the goal: recovered
+    terminated[1, [2, 5, 7]] = success[1, 7] = True  # trap, trap, goal: the second episode missed
+    terminated[2, 3] = True  # trap, then cut off by the trial's end: missed
+    terminated[3, [1, 4]] = success[3, [1, 4]] = True  # first episode a success: not counted
+    assert gf.goal_after_a_failure(terminated, truncated, success) == 1 / 3
+    truncated[1, 2], terminated[1, 2] = True, False  # a first episode ended by the step limit is a failure too
+    assert gf.goal_after_a_failure(terminated, truncated, success) == 1 / 3
+    assert np.isnan(gf.goal_after_a_failure(terminated[3:], truncated[3:], success[3:]))
+
+
 def banks_for(agent_name, mem_size=2):
     args = gf.Args(agent=agent_name, mem_size=mem_size, mem_len=4)
     return gf.make_banks(args, (4, 4, 3), float("inf"))
@@ -678,6 +690,7 @@ def test_script_trains_checkpoints_and_evaluates(agent_name, tmp_path):
     assert len(scalars(run_dir, "eval/mean_success")) == 2
     assert all(0 <= x <= 1 for x in scalars(run_dir, "charts/first_episode_success"))
     assert len(scalars(run_dir, "charts/first_episode_success")) == 2
+    assert len(scalars(run_dir, "charts/goal_after_a_failure")) == 2
     assert scalars(run_dir, "memory/bank_trajectories")[-1] <= 2 * 3  # 2 levels, N = 3
     assert len(glob.glob(str(tmp_path / "videos" / "*" / "*.gif"))) == 2
     checkpoint = Path(run_dir) / "agent.pt"
