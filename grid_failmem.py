@@ -93,6 +93,9 @@ class Args:
     """W: the grid is W x W cells (paper: 16; 8 with two blocks is the task our agents learn on 2 cores, README)"""
     num_blocks: int = 2
     """X: coloured blocks per level, one goal and X - 1 traps (paper: 3)"""
+    block_colours: int | None = None
+    """K: the palette; each level draws X distinct colours from K (not given: K = X, each block its own colour). A
+    curriculum from one block up gives every stage the same K, so that no stage teaches the policy one colour"""
     obs_size: int = 16
     """side of the RGB observation in pixels, a multiple of W (paper: 64; 16 draws each cell of W 16 as one pixel,
     of W 8 as 2 x 2)"""
@@ -219,6 +222,10 @@ def check_args(args):
             args.obs_size < args.grid_size or args.obs_size % args.grid_size,
             f"--obs-size must be a positive multiple of --grid-size {args.grid_size}, got {args.obs_size}",
         ),
+        (
+            args.block_colours is not None and args.block_colours < args.num_blocks,
+            f"--block-colours must be at least --num-blocks {args.num_blocks}, got {args.block_colours}",
+        ),
         (args.num_train_levels < 1, f"--num-train-levels must be positive, got {args.num_train_levels}"),
         (args.num_test_levels < 1, f"--num-test-levels must be positive, got {args.num_test_levels}"),
         (args.trial_len < 2, f"--trial-len must be at least 2, got {args.trial_len}"),
@@ -315,18 +322,20 @@ def block_palette(num_blocks):
     return np.array([colorsys.hsv_to_rgb(h, 0.9, 0.9) for h in hues]) * 255
 
 
-def make_levels(split, num_levels, grid_size, num_blocks):
+def make_levels(split, num_levels, grid_size, num_blocks, num_colours=None):
     """Level id -> (agent start, block cells, block colours, goal block). Row i of each table is
     drawn from streams seeded by the split alone, in level order, so level i is the same every
-    time, whatever the number of levels asked for; train and test use different seeds."""
+    time, whatever the number of levels asked for; train and test use different seeds. Colours:
+    X distinct ones of a palette of `num_colours` (default X)."""
+    num_colours = num_colours or num_blocks
     streams = [np.random.default_rng([SPLITS[split], k]) for k in range(3)]
     cells = streams[0].random((num_levels, grid_size * grid_size)).argsort(1)[:, : num_blocks + 1]
     rows, cols = np.divmod(cells, grid_size)
-    palette = block_palette(num_blocks).astype(np.uint8)
+    palette = block_palette(num_colours).astype(np.uint8)
     return dict(
         starts=np.stack([rows[:, 0], cols[:, 0]], 1),
         blocks=np.stack([rows[:, 1:], cols[:, 1:]], 2),
-        colours=palette[streams[1].random((num_levels, num_blocks)).argsort(1)],
+        colours=palette[streams[1].random((num_levels, num_colours)).argsort(1)[:, :num_blocks]],
         goals=streams[2].integers(num_blocks, size=num_levels),
     )
 
@@ -1111,8 +1120,9 @@ def wandb_mode():
 # used, and holding everything a stopped run needs to go on as if it had never stopped
 # ---------------------------------------------------------------------------------------------
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
-ARCHITECTURE = ("agent", "grid_size", "num_blocks", "obs_size", "trial_len", "mem_size", "mem_len", "embed_dim",
-                "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "time_aware_value")
+ARCHITECTURE = ("agent", "grid_size", "num_blocks", "block_colours", "obs_size", "trial_len", "mem_size", "mem_len",
+                "embed_dim", "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters",
+                "time_aware_value")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",
@@ -1356,7 +1366,7 @@ if __name__ == "__main__":
     num_actions = len(MOVES)
     if args.eval_only:  # the checkpoint's grid and network flags win over the command line's
         agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
-    test_levels = make_levels("test", args.num_test_levels, args.grid_size, args.num_blocks)
+    test_levels = make_levels("test", args.num_test_levels, args.grid_size, args.num_blocks, args.block_colours)
 
     if args.eval_only:
         StopSignals(graceful=False, kept="the evaluation did not finish")
@@ -1397,7 +1407,7 @@ if __name__ == "__main__":
     kept = f"the checkpoint {args.resume} (update {saved['iteration']}) is kept" if args.resume else "no checkpoint yet"
     checkpoints = Checkpoints(checkpoint, args.checkpoint_minutes, args.stop_after, kept)  # and Ctrl-C's handler
 
-    train_levels = make_levels("train", args.num_train_levels, args.grid_size, args.num_blocks)
+    train_levels = make_levels("train", args.num_train_levels, args.grid_size, args.num_blocks, args.block_colours)
     envs = BatchedGridWorld(train_levels, args.num_envs, args.grid_size, args.obs_size, args.trial_len)
     obs_shape = (args.obs_size, args.obs_size, 3)
     banks = make_banks(args, obs_shape, args.bank_ram_mb * 2**20)  # [failures] or [failures, successes]

@@ -94,6 +94,19 @@ def test_goal_colour_is_not_in_the_picture():
     assert len({tuple(c) for c in gf.block_palette(X).astype(np.uint8)}) == X
 
 
+def test_block_colours_draw_x_distinct_colours_of_a_palette_of_k():
+    # K = X is the paper's levels, unchanged; with K = 3 a one-block stage meets all three colours
+    assert all((gf.make_levels("train", 200, W, X, X)[key] == gf.make_levels("train", 200, W, X)[key]).all()
+               for key in ("starts", "blocks", "colours", "goals"))
+    palette = [tuple(c) for c in gf.block_palette(3).astype(np.uint8)]
+    for blocks in (1, 2, 3):
+        levels = gf.make_levels("train", 3000, W, blocks, 3)
+        colours = [[palette.index(tuple(c)) for c in level] for level in levels["colours"]]
+        assert all(len(set(level)) == blocks for level in colours)
+        assert np.allclose(np.bincount(np.ravel(colours), minlength=3) / (3000 * blocks), 1 / 3, atol=0.03)
+        assert (gf.make_levels("train", 3000, W, blocks)["blocks"] == levels["blocks"]).all()  # only the colours move
+
+
 def test_levels_are_deterministic_and_independent_of_count():
     a = gf.make_levels("train", 300, W, X)
     b = gf.make_levels("train", 50, W, X)
@@ -740,6 +753,7 @@ BAD_FLAGS = [
     (dict(grid_size=-4), "--grid-size"),
     (dict(num_blocks=256), "--num-blocks"),
     (dict(num_blocks=-1), "--num-blocks"),
+    (dict(num_blocks=3, block_colours=2), "--block-colours"),
     (dict(obs_size=20), "--obs-size"),
     (dict(mem_len=81), "--mem-len"),
     (dict(train_history="all"), "--train-history"),
