@@ -39,7 +39,9 @@ def transfer(path, num_blocks, num_levels):
     agent = grid.load_checkpoint(path, run, len(grid.MOVES), torch.device("cpu")).eval()
     trained = dataclasses.replace(run)
     run.num_blocks = num_blocks  # the network does not depend on it; only the levels change
-    levels = grid.make_levels("test", num_levels, run.grid_size, num_blocks)
+    # a palette the agent trained on (--block-colours) stays, if it has colours enough for the blocks
+    colours = run.block_colours if run.block_colours and run.block_colours >= num_blocks else None
+    levels = grid.make_levels("test", num_levels, run.grid_size, num_blocks, colours)
     return trained, grid.summarize(grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu"), num_blocks)
 
 
