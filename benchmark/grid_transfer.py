@@ -12,6 +12,7 @@ random policy and Bayes-optimal on the same levels. Writes one table, as docs/gr
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def main():
     if len(grids) > 1:
         raise SystemExit("grid_transfer.py: error: the checkpoints were trained on different grids; give one grid at a time")
     grid_size = grids.pop()
+    default_out = parser.get_default("out")
+    out_flag = "" if args.out == default_out else f" --out {os.path.relpath(args.out, ROOT)}"
     random_summary = grid.summarize(random_policy_result(grid_size, args.num_blocks, num_test_levels=args.levels),
                                     args.num_blocks)
     optimal = grid.bayes_optimal(args.num_blocks, 5)
@@ -71,7 +74,7 @@ def main():
     text = "\n".join([
         f"# Gridworld: agents on {args.num_blocks} blocks before training there ({grid_size} x {grid_size})", "",
         f"Made by `python benchmark/grid_transfer.py {' '.join(args.checkpoints)} --num-blocks {args.num_blocks} "
-        f"--levels {args.levels}`.", "",
+        f"--levels {args.levels}{out_flag}`.", "",
         f"Greedy test on the first {args.levels} held-out levels with {args.num_blocks} blocks, empty bank at the start, "
         "5 episodes. Goal after a first failure: of the levels whose episode 1 missed the goal, the share whose "
         f"episode 2 reached it (Bayes-optimal {1 / (args.num_blocks - 1) if args.num_blocks > 1 else 1:.2f}). "
