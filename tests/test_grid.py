@@ -733,7 +733,8 @@ def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, 
     # the rollout's bank keeps the frame each step was taken on: a trap hit's last frame still draws every block
     bank = torch.load(Path(run_dir) / "agent.pt", weights_only=True)["banks"][0]
     palette = gf.block_palette(gf.Args().num_blocks).astype(np.uint8)
-    trap_ends = [frames[-1].numpy() for frames, rewards in zip(bank["frames"], bank["rewards"]) if rewards[-1] < 0]
+    trajectories = zip(torch.cat(bank["frames"]), bank["rewards"])  # the frames are saved in chunks
+    trap_ends = [frames[-1].numpy() for frames, rewards in trajectories if rewards[-1] < 0]
     assert trap_ends
     colours_drawn = {sum(bool((frame == colour).all(-1).any()) for colour in palette) for frame in trap_ends}
     assert colours_drawn == {len(palette)}
