@@ -30,26 +30,27 @@ def colour_name(rgb):
     return f"hue {round(colorsys.rgb_to_hsv(*(np.asarray(rgb) / 255))[0] * 360)}"
 
 
-def hits_by_colour(levels, hits, num_colours):
-    """(episodes, K): the share of each palette colour among the block hits of each episode."""
-    palette = [tuple(colour) for colour in grid.block_palette(num_colours).astype(np.uint8)]
-    shares = np.zeros((hits.shape[1], num_colours))
+def hits_by_colour(levels, hits, palette):
+    """(episodes, K): the share of each colour of the (K, 3) palette among the block hits of each episode."""
+    colour_ids = [tuple(colour) for colour in palette]
+    shares = np.zeros((hits.shape[1], len(palette)))
     for episode in range(hits.shape[1]):
         hit = np.flatnonzero(hits[:, episode] >= 0)
-        colours = [palette.index(tuple(levels["colours"][i, hits[i, episode]])) for i in hit]
-        shares[episode] = np.bincount(colours, minlength=num_colours) / max(len(hit), 1)
+        colours = [colour_ids.index(tuple(levels["colours"][i, hits[i, episode]])) for i in hit]
+        shares[episode] = np.bincount(colours, minlength=len(palette)) / max(len(hit), 1)
     return shares
 
 
 def colour_bias(path, num_levels):
-    """The checkpoint's agent on its own task: (its Args, evaluate()'s summary, hit rate and hits by colour per episode)."""
+    """The checkpoint's agent on its own task: (its Args, evaluate()'s summary, its palette, and per episode the
+    share of levels with a hit and the hits by colour)."""
     run = grid.Args(num_test_levels=num_levels)
     agent = grid.load_checkpoint(path, run, len(grid.MOVES), torch.device("cpu")).eval()
     levels = grid.make_levels("test", num_levels, run.grid_size, run.num_blocks, run.block_colours)
     result = grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu")
-    num_colours = run.block_colours or run.num_blocks
-    return run, grid.summarize(result, run.num_blocks), (result["hits"] >= 0).mean(0), hits_by_colour(
-        levels, result["hits"], num_colours)
+    palette = grid.block_palette(run.block_colours or run.num_blocks).astype(np.uint8)
+    hit_rate, shares = (result["hits"] >= 0).mean(0), hits_by_colour(levels, result["hits"], palette)
+    return run, grid.summarize(result, run.num_blocks), palette, hit_rate, shares
 
 
 def main():
@@ -62,8 +63,7 @@ def main():
 
     rows = []
     for path in args.checkpoints:
-        run, summary, hit_rate, shares = colour_bias(path, args.levels)
-        palette = grid.block_palette(run.block_colours or run.num_blocks).astype(np.uint8)
+        run, summary, palette, hit_rate, shares = colour_bias(path, args.levels)
         by_colour = [", ".join(f"{colour_name(c)} {s:.2f}" for c, s in zip(palette, shares[k]))
                      for k in range(EPISODES_SHOWN)]
         rows.append(f"| `{path}` | W {run.grid_size}, X {run.num_blocks}, K {len(palette)} | {summary['mean_success']:.3f} "

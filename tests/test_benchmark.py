@@ -236,15 +236,16 @@ def test_colour_bias_counts_each_episodes_hits_by_palette_colour(tmp_path):
     palette = [tuple(c) for c in grid.block_palette(3).astype(np.uint8)]
     colour_of = [[palette.index(tuple(c)) for c in level] for level in levels["colours"]]
     hits = np.array([[0, 1], [0, -1], [1, -1], [-1, -1]])  # episode 1: three hits, episode 2: one
-    shares = grid_colour_bias.hits_by_colour(levels, hits, 3)
+    shares = grid_colour_bias.hits_by_colour(levels, hits, grid.block_palette(3).astype(np.uint8))
     expected_first = np.bincount([colour_of[0][0], colour_of[1][0], colour_of[2][1]], minlength=3) / 3
     assert np.allclose(shares[0], expected_first) and np.allclose(shares[1], np.eye(3)[colour_of[0][1]])
     # a checkpoint's own task is the one it is tested on: one block drawn from three colours
     trained_as = grid.Args(grid_size=8, num_blocks=1, block_colours=3, embed_dim=16, trial_len=12)
     path = tmp_path / "agent.pt"
     torch.save(dict(args=vars(trained_as), model=grid.Agent(trained_as, len(grid.MOVES)).state_dict()), path)
-    run, summary, hit_rate, shares = grid_colour_bias.colour_bias(str(path), num_levels=6)
+    run, summary, own_palette, hit_rate, shares = grid_colour_bias.colour_bias(str(path), num_levels=6)
     assert (run.num_blocks, run.block_colours) == (1, 3) and shares.shape == (run.eval_episodes, 3)
+    assert np.array_equal(own_palette, grid.block_palette(3).astype(np.uint8))
     assert ((0 <= hit_rate) & (hit_rate <= 1)).all() and 0 <= summary["mean_success"] <= 1
 
 
