@@ -286,9 +286,10 @@ def test_device_sps_reads_the_last_update_of_each_log_and_writes_the_ratio(tmp_p
     monkeypatch.setattr(sys, "argv", ["grid_device_sps.py", "--from-logs", "--logs", str(tmp_path), "--out", str(out)])
     grid_device_sps.main()
     rows = [row for row in out.read_text().splitlines() if row.startswith("| default network")]
-    assert rows == ["| default network, default task (8 x 8, 2 blocks, 16 px) | 640 (0.6 + 4.9 s) | 1,280 (0.7 + 4.0 s) "
-                    "| 2.0x |"]
-    assert "| paper's network, default task (8 x 8, 2 blocks, 16 px) | - | - | - |" in out.read_text()
+    assert rows[0] == ("| default network, default task (8 x 8, 2 blocks, 16 px) | 3,840 | 640 (0.6 + 4.9 s) "
+                       "| 1,280 (0.7 + 4.0 s) | 2.0x |")
+    assert "| paper's network, default task (8 x 8, 2 blocks, 16 px) | 3,840 | - | - | - |" in out.read_text()
+    assert "| default network, default task, 480 envs (12 minibatches of 40 trials) | 38,400 | - | - | - |" in rows
     assert "machine not recorded" in out.read_text()
 
 
