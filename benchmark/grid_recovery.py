@@ -29,6 +29,7 @@ from learning import write_doc  # noqa: E402
 
 OUTCOMES = ("goal again after a success", "same trap after a trap", "another trap after a trap", "goal after a trap",
             "no block after a trap", "stuck after a trap")
+AFTER_TWO = ("goal after two traps", "the older trap after two", "the last trap after two", "no block after two traps")
 STUCK_STEPS, STUCK_CELLS = 40, 3  # stuck: no block hit, and the last 40 of its 80 steps on at most 3 cells
 
 
@@ -86,6 +87,22 @@ def next_episode_outcomes(success, hits, stuck):
                                                                for name, v in zip(OUTCOMES, outcomes)}
 
 
+def after_two_traps(success, hits):
+    """Over every test episode k + 1 that follows two different traps in episodes k - 1 and k (X >= 3): their
+    count, and the fraction of each of AFTER_TWO. An agent that avoids every failure in its bank walks to the
+    goal; one that avoids only its last failure goes back to the older trap as often as to the goal."""
+    older, last, then, then_success = hits[:, :-2], hits[:, 1:-1], hits[:, 2:], success[:, 2:]
+    two_traps = ~success[:, :-2] & ~success[:, 1:-1] & (older >= 0) & (last >= 0) & (older != last)
+    outcomes = (then_success, then == older, then == last, then < 0)
+    return int(two_traps.sum()), {name: float(v[two_traps].mean()) if two_traps.any() else float("nan")
+                                  for name, v in zip(AFTER_TWO, outcomes)}
+
+
+def two_traps_row(label, result):
+    count, outcomes = after_two_traps(result["success"], result["hits"])
+    return f"| {label} | {count} | " + " | ".join(f"{v:.3f}" for v in outcomes.values()) + " |"
+
+
 def row(label, result):
     successes, traps, outcomes = next_episode_outcomes(result["success"], result["hits"], result["stuck"])
     mean = result["success"].mean()
@@ -105,21 +122,25 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "grid_recovery.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows, grids = [], set()
+    rows, two_rows, grids = [], [], set()
     for path in args.checkpoints:
         run_args = grid.Args(num_test_levels=args.num_test_levels)
         agent = grid.load_checkpoint(path, run_args, len(grid.MOVES), torch.device("cpu")).eval()
-        levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks)
+        levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks,
+                                  run_args.block_colours)
         for sample in (False, True):
             run_args.eval_sample = sample
             result = with_stuck(lambda: grid.evaluate(agent, run_args, levels, np.arange(args.num_test_levels), "cpu"),
                                   args.num_test_levels)
-            rows.append(row(f"`{Path(path).parent.name}`, {'sampled' if sample else 'greedy'}", result))
+            label = f"`{Path(path).parent.name}`, {'sampled' if sample else 'greedy'}"
+            rows.append(row(label, result))
+            two_rows.append(two_traps_row(label, result))
         grids.add((run_args.grid_size, run_args.num_blocks))
     for grid_size, num_blocks in sorted(grids):
         result = with_stuck(lambda: random_policy_result(grid_size, num_blocks, num_test_levels=args.num_test_levels),
                               args.num_test_levels)
         rows.append(row(f"random policy, W {grid_size}, X {num_blocks}", result))
+        two_rows.append(two_traps_row(f"random policy, W {grid_size}, X {num_blocks}", result))
     command = "python benchmark/grid_recovery.py " + " ".join(args.checkpoints)
     text = ["# Gridworld: what the agent does in the test episode after a success or a failure", "",
             f"Made by `{command}`: {args.num_test_levels} held-out levels, 5 test episodes each, greedy test "
@@ -127,7 +148,11 @@ def main():
             "Pairs are consecutive test episodes (k, k + 1), k = 1..4, over all levels.", "",
             "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(OUTCOMES) + " |",
             "|---|---|---|---|" + "---|" * len(OUTCOMES), *rows, "",
-            *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), ""]
+            *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), "",
+            "After two different traps in test episodes k - 1 and k, what episode k + 1 does (three or more blocks; "
+            "Bayes-optimal: the goal every time with X = 3):", "",
+            "| agent | episodes after two different traps | " + " | ".join(AFTER_TWO) + " |",
+            "|---|---|" + "---|" * len(AFTER_TWO), *two_rows, ""]
     write_doc(Path(args.out), "\n".join(text))
     print("\n".join(text))
 

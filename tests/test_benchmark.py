@@ -144,6 +144,21 @@ def test_recovery_counts_what_follows_a_success_and_a_trap():
     assert outcomes["another trap after a trap"] == 0.0 and outcomes["no block after a trap"] == 0.0
 
 
+def test_recovery_after_two_traps_tells_the_older_trap_from_the_goal():
+    from grid_recovery import after_two_traps
+
+    # the goal is block 0. Level 0: traps 1, 2, 1, 2, then the goal: episodes 3 and 4 go back to the older trap,
+    # episode 5 (after 1 then 2) reaches the goal. Level 1: trap 1 twice (not two different), then the goal.
+    success = np.array([[0, 0, 0, 0, 1], [0, 0, 1, 1, 1]], bool)
+    hits = np.array([[1, 2, 1, 2, 0], [1, 1, 0, 0, 0]])
+    count, outcomes = after_two_traps(success, hits)
+    assert count == 3  # level 0's episodes 3, 4 and 5
+    assert outcomes["the older trap after two"] == 2 / 3 and outcomes["goal after two traps"] == 1 / 3
+    assert outcomes["the last trap after two"] == 0.0 and outcomes["no block after two traps"] == 0.0
+    none, empty = after_two_traps(success[1:], hits[1:])
+    assert none == 0 and np.isnan(empty["goal after two traps"])
+
+
 def test_an_episode_is_stuck_when_it_ends_on_few_cells_without_a_hit():
     from grid_recovery import STUCK_STEPS, StuckGridWorld
 
