@@ -340,6 +340,11 @@ def make_levels(split, num_levels, grid_size, num_blocks, num_colours=None):
     )
 
 
+def task_levels(args, split, num_levels):
+    """The first `num_levels` levels of a split on a run's task: its grid, number of blocks and palette."""
+    return make_levels(split, num_levels, args.grid_size, args.num_blocks, args.block_colours)
+
+
 class GridWorld(gym.Env):
     """One gridworld, stepped the way a mazelab env is. `reset(options={"level": i})` picks the
     level; without it a level of the split is drawn from the env's RNG."""
@@ -1366,7 +1371,7 @@ if __name__ == "__main__":
     num_actions = len(MOVES)
     if args.eval_only:  # the checkpoint's grid and network flags win over the command line's
         agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
-    test_levels = make_levels("test", args.num_test_levels, args.grid_size, args.num_blocks, args.block_colours)
+    test_levels = task_levels(args, "test", args.num_test_levels)
 
     if args.eval_only:
         StopSignals(graceful=False, kept="the evaluation did not finish")
@@ -1407,7 +1412,7 @@ if __name__ == "__main__":
     kept = f"the checkpoint {args.resume} (update {saved['iteration']}) is kept" if args.resume else "no checkpoint yet"
     checkpoints = Checkpoints(checkpoint, args.checkpoint_minutes, args.stop_after, kept)  # and Ctrl-C's handler
 
-    train_levels = make_levels("train", args.num_train_levels, args.grid_size, args.num_blocks, args.block_colours)
+    train_levels = task_levels(args, "train", args.num_train_levels)
     envs = BatchedGridWorld(train_levels, args.num_envs, args.grid_size, args.obs_size, args.trial_len)
     obs_shape = (args.obs_size, args.obs_size, 3)
     banks = make_banks(args, obs_shape, args.bank_ram_mb * 2**20)  # [failures] or [failures, successes]

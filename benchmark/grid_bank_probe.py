@@ -91,7 +91,7 @@ def probe(path, num_levels):
     agent = grid.load_checkpoint(path, args, len(grid.MOVES), torch.device("cpu")).eval()
     if args.num_blocks != 2 or not agent.use_memory:
         raise SystemExit(f"grid_bank_probe.py: error: {path} is not a two-block agent with a bank")
-    levels = grid.make_levels("test", num_levels, args.grid_size, args.num_blocks, args.block_colours)
+    levels = grid.task_levels(args, "test", num_levels)
     walks = {(level, block): scripted_failure(levels, level, block, args) for level in range(num_levels) for block in (0, 1)}
     usable = np.array([level for level in range(num_levels) if walks[level, 0] is not None and walks[level, 1] is not None])
     hits = {}

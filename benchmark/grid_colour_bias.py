@@ -46,7 +46,7 @@ def colour_bias(path, num_levels):
     share of levels with a hit and the hits by colour)."""
     run = grid.Args(num_test_levels=num_levels)
     agent = grid.load_checkpoint(path, run, len(grid.MOVES), torch.device("cpu")).eval()
-    levels = grid.make_levels("test", num_levels, run.grid_size, run.num_blocks, run.block_colours)
+    levels = grid.task_levels(run, "test", num_levels)
     result = grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu")
     palette = grid.block_palette(run.block_colours or run.num_blocks).astype(np.uint8)
     hit_rate, shares = (result["hits"] >= 0).mean(0), hits_by_colour(levels, result["hits"], palette)

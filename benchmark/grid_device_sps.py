@@ -23,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import grid_failmem as grid  # noqa: E402
 from learning import write_doc  # noqa: E402
 from timing import cpu_name, last_update  # noqa: E402
 
@@ -50,8 +51,9 @@ GPU_UPDATES = 3
 
 
 def steps_per_update(flags):
-    """Env steps in one update of a run with these flags: its envs x the trial's 80 steps."""
-    return (int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else 48) * 80
+    """Env steps in one update of a run with these flags on grid_failmem.py's defaults: its envs x the trial's steps."""
+    num_envs = int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else grid.Args().num_envs
+    return num_envs * grid.Args().trial_len
 
 
 def command(device, name):

@@ -24,7 +24,7 @@ REPEATS = 4  # sampled first episodes per level
 
 
 def goal_given_hit(agent, args, split, num_levels):
-    levels = grid.make_levels(split, num_levels, args.grid_size, args.num_blocks)
+    levels = grid.task_levels(args, split, num_levels)
     envs = grid.BatchedGridWorld(levels, num_levels, args.grid_size, args.obs_size, args.trial_len)
     hits = successes = 0
     for _ in range(REPEATS):

@@ -126,8 +126,7 @@ def main():
     for path in args.checkpoints:
         run_args = grid.Args(num_test_levels=args.num_test_levels)
         agent = grid.load_checkpoint(path, run_args, len(grid.MOVES), torch.device("cpu")).eval()
-        levels = grid.make_levels("test", run_args.num_test_levels, run_args.grid_size, run_args.num_blocks,
-                                  run_args.block_colours)
+        levels = grid.task_levels(run_args, "test", run_args.num_test_levels)
         for sample in (False, True):
             run_args.eval_sample = sample
             result = with_stuck(lambda: grid.evaluate(agent, run_args, levels, np.arange(args.num_test_levels), "cpu"),

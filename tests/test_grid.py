@@ -107,6 +107,14 @@ def test_block_colours_draw_x_distinct_colours_of_a_palette_of_k():
         assert (gf.make_levels("train", 3000, W, blocks)["blocks"] == levels["blocks"]).all()  # only the colours move
 
 
+def test_task_levels_are_a_runs_own_grid_blocks_and_palette():
+    # what a run trains on and what the benchmarks test its checkpoint on: the palette too, not X colours
+    args = gf.Args(grid_size=W, num_blocks=2, block_colours=3)
+    levels, expected = gf.task_levels(args, "test", 50), gf.make_levels("test", 50, W, 2, 3)
+    assert all((levels[key] == expected[key]).all() for key in ("starts", "blocks", "colours", "goals"))
+    assert not (levels["colours"] == gf.make_levels("test", 50, W, 2)["colours"]).all()
+
+
 def test_levels_are_deterministic_and_independent_of_count():
     a = gf.make_levels("train", 300, W, X)
     b = gf.make_levels("train", 50, W, X)
