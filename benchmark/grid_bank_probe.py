@@ -130,12 +130,13 @@ def fit(optimizer, loss_of, count, steps, rng, batch):
         optimizer.step()
 
 
-def supervised_naming(after, steps, seed=1, batch=64):
-    """Can the bank's path (CNN -> Phi -> trajectory Transformer, fresh weights, the default sizes) name
-    the failed block when told to? Trained by cross-entropy on scripted walks of training levels to
-    output the failed block's cell; accuracy on walks of held-out levels (chance 1/62 on W8)."""
+def supervised_naming(after, steps, seed=1, batch=64, **sizes):
+    """Can the bank's path (CNN -> Phi -> trajectory Transformer, fresh weights, the default sizes or
+    `sizes`, Args fields such as grid_size and cnn_channels) name the failed block when told to? Trained
+    by cross-entropy on scripted walks of training levels to output the failed block's cell; accuracy on
+    walks of held-out levels (chance 1/62 on W8, 1/254 on W16)."""
     torch.manual_seed(seed)
-    args = grid.Args()
+    args = grid.Args(**sizes)
     agent = grid.Agent(args, len(grid.MOVES))
     head = torch.nn.Linear(args.embed_dim, args.grid_size ** 2)
     optimizer = torch.optim.Adam([*agent.parameters(), *head.parameters()], lr=1e-3)
@@ -202,6 +203,32 @@ def supervised_recovery(steps, seed=1, batch=64):
     return float(test_good[torch.arange(len(best)), best].float().mean()), len(test_good)
 
 
+SWEEP_GRIDS, SWEEP_CNNS, SWEEP_SEEDS = (8, 16), ((16, 32, 32), (16, 32), (16,)), (1, 2, 3)
+
+
+def naming_sweep(steps):
+    """The naming test (the frames the bank keeps) per grid size and CNN, on 16 px frames, for each seed:
+    does the CNN's pooling, which leaves a 2 x 2 map after three stages, limit which cell it can name?"""
+    return {(size, cnn): [supervised_naming(False, steps, seed, grid_size=size, cnn_channels=cnn) for seed in SWEEP_SEEDS]
+            for size in SWEEP_GRIDS for cnn in SWEEP_CNNS}
+
+
+def sweep_section(sweep, steps):
+    obs = grid.Args().obs_size
+    lines = ["## Does the CNN's pooling limit which cell the bank's path can name? (`--naming-sweep`)", "",
+             f"The naming test above (the frames the bank keeps, {steps} steps, fresh weights) on {obs} px frames "
+             "with the CNN's stages (each a conv and a pooling that halves the picture) as `--cnn-channels`; held-out "
+             f"accuracy, mean ± sd over seeds {', '.join(map(str, SWEEP_SEEDS))} (per seed in brackets):", "",
+             "| `--cnn-channels` | map after the CNN | " + " | ".join(f"W {size}" for size in SWEEP_GRIDS) + " |",
+             "|---|---|" + "---|" * len(SWEEP_GRIDS)]
+    for cnn in SWEEP_CNNS:
+        side = obs // 2 ** len(cnn)
+        cells = [np.array(sweep[size, cnn]) for size in SWEEP_GRIDS]
+        lines.append(f"| {' '.join(map(str, cnn))} | {side} x {side} | " + " | ".join(
+            f"{a.mean():.3f} ± {a.std():.3f} ({', '.join(f'{x:.2f}' for x in a)})" for a in cells) + " |")
+    return lines + [""]
+
+
 def row(label, goals, hits):
     empty, named0, named1 = hits[None], hits[0], hits[1]
     true_bank = np.where(goals == 0, named1, named0)  # the bank that names the trap
@@ -228,35 +255,45 @@ COLUMNS = ("empty bank: goal", "empty bank: no block",
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("checkpoints", nargs="*")
     parser.add_argument("--num-test-levels", type=int, default=500)
     parser.add_argument("--out", default=str(ROOT / "docs" / "grid_bank_probe.md"))
     parser.add_argument("--supervised-steps", type=int, default=500, help="steps of the supervised naming test (0: skip)")
+    parser.add_argument("--naming-sweep", action="store_true",
+                        help="also the naming test on W8 and W16 for CNNs of 3, 2 and 1 stages, seeds 1-3")
     args = parser.parse_args()
+    if not args.checkpoints and not args.naming_sweep:
+        parser.error("give checkpoints to probe, --naming-sweep, or both")
     torch.set_num_threads(1)
+    supervised = args.supervised_steps and args.checkpoints
     naming = {frames: supervised_naming(frames == "after", args.supervised_steps) for frames in ("before", "after")} \
-        if args.supervised_steps else {}
-    recovery = supervised_recovery(args.supervised_steps) if args.supervised_steps else None
+        if supervised else {}
+    recovery = supervised_recovery(args.supervised_steps) if supervised else None
+    sweep = naming_sweep(args.supervised_steps) if args.naming_sweep else {}
     rows, used = [], set()
     for path in args.checkpoints:
         run_args, num_usable, goals, hits = probe(path, args.num_test_levels)
         used.add(num_usable)
         rows.append(row(f"`{Path(path).parent.name}`", goals, hits))
-    command = "python benchmark/grid_bank_probe.py " + " ".join(args.checkpoints)
-    if args.out != parser.get_default("out"):
-        command += f" --out {args.out}"
-    if args.supervised_steps != parser.get_default("supervised_steps"):
-        command += f" --supervised-steps {args.supervised_steps}"
+    command = " ".join(["python benchmark/grid_bank_probe.py", *args.checkpoints] + [
+        flag for flag, given in ((f"--out {args.out}", args.out != parser.get_default("out")),
+                                 (f"--supervised-steps {args.supervised_steps}",
+                                  args.supervised_steps != parser.get_default("supervised_steps")),
+                                 ("--naming-sweep", args.naming_sweep)) if given])
     text = ["# Gridworld: does the memory agent read which block failed? (counterfactual banks)", "",
-            f"Made by `{command}`: of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "
+            f"Made by `{command}`."]
+    if rows:
+        text[-1] = text[-1][:-1] + (
+            f": of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "
             "straight walk from the start reaches each block without passing the other. One greedy episode per "
             "level and bank, SNAIL fresh, as a test episode after the first: an empty bank; a bank holding a walk "
-            "into the trap (true); one holding a walk into the goal (false, stored as a failure). Fractions of levels.",
-            "", "| agent | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS), *rows, "",
-            "E is the block the empty-bank episode walked to (levels where it hit one). An agent that reads which "
-            "block failed: the goal with the true bank, the trap with the false one, and 1.0 in the last three "
-            "columns. One that reads only that *a* block failed leaves E whatever the bank names: 1.0 in \"bank "
-            "names E\", 0 in \"bank names the other block\". One that ignores its bank: 0 and 1.", ""]
+            "into the trap (true); one holding a walk into the goal (false, stored as a failure). Fractions of levels.")
+        text += ["", "| agent | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS), *rows, "",
+                 "E is the block the empty-bank episode walked to (levels where it hit one). An agent that reads which "
+                 "block failed: the goal with the true bank, the trap with the false one, and 1.0 in the last three "
+                 "columns. One that reads only that *a* block failed leaves E whatever the bank names: 1.0 in \"bank "
+                 "names E\", 0 in \"bank names the other block\". One that ignores its bank: 0 and 1."]
+    text.append("")
     if naming:
         text += ["## Can the bank's path name the failed block when told to?", "",
                  f"The same path with fresh weights (CNN -> Phi -> trajectory Transformer, the default sizes) and a "
@@ -271,6 +308,8 @@ def main():
                  "block, towards the moves that bring it nearer the other block. Only levels where no move is nearer "
                  "both blocks, so that a policy blind to its bank scores 0.5. Held-out share of levels whose most "
                  f"likely move is right: **{recovery[0]:.3f}** ({recovery[1]} of 2,000 held-out levels qualify).", ""]
+    if sweep:
+        text += sweep_section(sweep, args.supervised_steps)
     write_doc(Path(args.out), "\n".join(text))
     print("\n".join(text))
 
