@@ -159,14 +159,15 @@ def supervised_naming(after, steps, seed=1, batch=64, **sizes):
     return float(accuracy)
 
 
-def supervised_recovery(steps, seed=1, batch=64):
+def supervised_recovery(steps, seed=1, batch=64, **sizes):
     """Can the whole agent (fresh weights, the default sizes) learn the Bayes-optimal move after a failure
     when told it? On levels where no first move brings the agent nearer both blocks (so that a policy blind
     to its bank can do no better than a coin, 0.5), at the start with a bank holding a walk into one block:
     cross-entropy towards the moves that bring it nearer the other block (the log of their summed
-    probability); the share of held-out levels whose most likely move is one of them."""
+    probability); the share of held-out levels whose most likely move is one of them. `sizes`: Args fields
+    (grid_size, cnn_channels) instead of the defaults."""
     torch.manual_seed(seed)
-    args = grid.Args()
+    args = grid.Args(**sizes)
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
 
@@ -207,23 +208,34 @@ SWEEP_GRIDS, SWEEP_CNNS, SWEEP_SEEDS = (8, 16), ((16, 32, 32), (16, 32), (16,)),
 
 
 def naming_sweep(steps):
-    """The naming test (the frames the bank keeps) per grid size and CNN, on 16 px frames, for each seed:
-    does the CNN's pooling, which leaves a 2 x 2 map after three stages, limit which cell it can name?"""
-    return {(size, cnn): [supervised_naming(False, steps, seed, grid_size=size, cnn_channels=cnn) for seed in SWEEP_SEEDS]
+    """The naming test (the frames the bank keeps) and the recovery test per grid size and CNN, on 16 px
+    frames, for each seed: does the CNN's pooling, which leaves a 2 x 2 map after three stages, limit which
+    cell the bank's path can name, and the move the whole agent can learn from it?"""
+    def both(size, cnn, seed):
+        sizes = dict(grid_size=size, cnn_channels=cnn)
+        return supervised_naming(False, steps, seed, **sizes), supervised_recovery(steps, seed, **sizes)[0]
+    return {(size, cnn): np.array([both(size, cnn, seed) for seed in SWEEP_SEEDS])
             for size in SWEEP_GRIDS for cnn in SWEEP_CNNS}
 
 
 def sweep_section(sweep, steps):
+    """`sweep`: (grid size, CNN) -> (seeds, 2) accuracies, naming then recovery."""
     obs = grid.Args().obs_size
-    lines = ["## Does the CNN's pooling limit which cell the bank's path can name? (`--naming-sweep`)", "",
-             f"The naming test above (the frames the bank keeps, {steps} steps, fresh weights) on {obs} px frames "
-             "with the CNN's stages (each a conv and a pooling that halves the picture) as `--cnn-channels`; held-out "
-             f"accuracy, mean ± sd over seeds {', '.join(map(str, SWEEP_SEEDS))} (per seed in brackets):", "",
-             "| `--cnn-channels` | map after the CNN | " + " | ".join(f"W {size}" for size in SWEEP_GRIDS) + " |",
-             "|---|---|" + "---|" * len(SWEEP_GRIDS)]
+    lines = ["## Does the CNN's pooling limit what the bank's path can carry? (`--naming-sweep`)", "",
+             f"Naming: the bank's path with fresh weights (CNN -> Phi -> trajectory Transformer) and a linear layer, "
+             f"trained by cross-entropy for {steps} steps of 64 scripted walks on training levels (two blocks, the "
+             "frames the bank keeps) to output the cell of the block the walk failed on (Adam 1e-3); chance 1/62 on "
+             f"W8, 1/254 on W16. Recovery: the whole agent with fresh weights, {steps} steps, towards the moves away "
+             "from the block its bank names (a bank-blind policy scores 0.5). On "
+             f"{obs} px frames, with the CNN's stages (each a conv and a pooling that halves the picture) as "
+             f"`--cnn-channels`; held-out accuracy, mean ± sd over seeds {', '.join(map(str, SWEEP_SEEDS))} (per seed "
+             "in brackets):", "",
+             "| `--cnn-channels` | map after the CNN | " + " | ".join(
+                 f"W {size} {test}" for size in SWEEP_GRIDS for test in ("naming", "recovery")) + " |",
+             "|---|---|" + "---|" * 2 * len(SWEEP_GRIDS)]
     for cnn in SWEEP_CNNS:
         side = obs // 2 ** len(cnn)
-        cells = [np.array(sweep[size, cnn]) for size in SWEEP_GRIDS]
+        cells = [np.asarray(sweep[size, cnn])[:, test] for size in SWEEP_GRIDS for test in (0, 1)]
         lines.append(f"| {' '.join(map(str, cnn))} | {side} x {side} | " + " | ".join(
             f"{a.mean():.3f} ± {a.std():.3f} ({', '.join(f'{x:.2f}' for x in a)})" for a in cells) + " |")
     return lines + [""]
@@ -260,7 +272,7 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "grid_bank_probe.md"))
     parser.add_argument("--supervised-steps", type=int, default=500, help="steps of the supervised naming test (0: skip)")
     parser.add_argument("--naming-sweep", action="store_true",
-                        help="also the naming test on W8 and W16 for CNNs of 3, 2 and 1 stages, seeds 1-3")
+                        help="also the naming and recovery tests on W8 and W16 for CNNs of 3, 2 and 1 stages, seeds 1-3")
     args = parser.parse_args()
     if not args.checkpoints and not args.naming_sweep:
         parser.error("give checkpoints to probe, --naming-sweep, or both")
@@ -280,8 +292,9 @@ def main():
                                  (f"--supervised-steps {args.supervised_steps}",
                                   args.supervised_steps != parser.get_default("supervised_steps")),
                                  ("--naming-sweep", args.naming_sweep)) if given])
-    text = ["# Gridworld: does the memory agent read which block failed? (counterfactual banks)", "",
-            f"Made by `{command}`."]
+    title = "does the memory agent read which block failed? (counterfactual banks)" if rows else \
+        "can the bank's path name the cell of the block a failure ended on? (supervised)"
+    text = [f"# Gridworld: {title}", "", f"Made by `{command}`."]
     if rows:
         text[-1] = text[-1][:-1] + (
             f": of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "

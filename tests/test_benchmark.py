@@ -211,11 +211,14 @@ def test_bank_probe_tells_an_agent_that_reads_the_block_from_one_that_switches()
 def test_bank_probe_naming_sweep_tabulates_each_cnn_per_grid_and_needs_something_to_do(monkeypatch):
     import grid_bank_probe as probe
 
-    sweep = {(size, cnn): [0.1 * size / 8, 0.3 * size / 8, 0.2 * size / 8] for size in probe.SWEEP_GRIDS for cnn in probe.SWEEP_CNNS}
+    naming = np.array([0.1, 0.3, 0.2])
+    sweep = {(size, cnn): np.stack([naming * size / 8, np.full(3, 0.5)], 1) for size in probe.SWEEP_GRIDS for cnn in probe.SWEEP_CNNS}
     lines = probe.sweep_section(sweep, 500)
     rows = [line for line in lines if line.startswith("| 16")]
     assert [row.split(" | ")[1] for row in rows] == ["2 x 2", "4 x 4", "8 x 8"]  # 16 px halved per stage
-    assert "0.200 ± 0.082 (0.10, 0.30, 0.20)" in rows[0] and "0.400 ± 0.163" in rows[0]
+    cells = rows[0].strip("| ").split(" | ")[2:]  # W8 naming, W8 recovery, W16 naming, W16 recovery
+    assert cells == ["0.200 ± 0.082 (0.10, 0.30, 0.20)", "0.500 ± 0.000 (0.50, 0.50, 0.50)",
+                     "0.400 ± 0.163 (0.20, 0.60, 0.40)", "0.500 ± 0.000 (0.50, 0.50, 0.50)"]
     monkeypatch.setattr(sys, "argv", ["grid_bank_probe.py"])
     with pytest.raises(SystemExit):
         probe.main()
