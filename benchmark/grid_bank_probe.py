@@ -1,6 +1,7 @@
 """Does the memory agent read WHICH block failed from its bank? A counterfactual test.
 
     python benchmark/grid_bank_probe.py runs/<run>/agent.pt [more checkpoints] [--out docs/grid_bank_probe.md]
+    python benchmark/grid_bank_probe.py --naming-sweep --out docs/grid_bank_naming_sweep.md   # no checkpoint needed
 
 On every held-out level (two blocks), three greedy episodes from the level's start, each with SNAIL
 fresh (a test episode after the first): with an empty bank, with a bank holding one failure that
@@ -17,7 +18,9 @@ The same CNN -> Phi -> trajectory Transformer with fresh weights and a linear la
 cross-entropy on scripted walks of training levels to output the failed block's cell, scored on
 walks of held-out levels; with the frames each step was taken on (the bank's) and, for comparison,
 with the frames each step led to (the last one: the agent on the block). And can the whole agent learn
-the Bayes-optimal move after a failure when told it (`supervised_recovery`)? Writes docs/grid_bank_probe.md.
+the Bayes-optimal move after a failure when told it (`supervised_recovery`)? With --naming-sweep, both
+supervised tests on W8 and W16 for CNNs of 3, 2 and 1 pooling stages: what the CNN's pooling costs the bank's
+path where a cell is one pixel. Writes docs/grid_bank_probe.md or --out.
 """
 
 import argparse
