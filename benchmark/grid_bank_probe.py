@@ -111,7 +111,7 @@ def probe(path, num_levels):
 def random_walks(args, split, count, rng, after=False, keep=lambda levels, level, named: True):
     """For each level of the split, a block drawn at random and a scripted walk into it; the levels whose
     walk exists and `keep` accepts, their named blocks and a BankView of the walks (one slot each)."""
-    levels = grid.make_levels(split, count, args.grid_size, args.num_blocks)
+    levels = grid.task_levels(args, split, count)
     bank = grid.MemoryBank(1, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
     kept, named_blocks = [], []
     for level in range(count):
@@ -297,13 +297,14 @@ def main():
                                  ("--naming-sweep", args.naming_sweep)) if given])
     title = "does the memory agent read which block failed? (counterfactual banks)" if rows else \
         "can the bank's path name the cell of the block a failure ended on? (supervised)"
-    text = [f"# Gridworld: {title}", "", f"Made by `{command}`."]
+    made_by = f"Made by `{command}`" + (
+        f": of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "
+        "straight walk from the start reaches each block without passing the other. One greedy episode per "
+        "level and bank, SNAIL fresh, as a test episode after the first: an empty bank; a bank holding a walk "
+        "into the trap (true); one holding a walk into the goal (false, stored as a failure). Fractions of levels."
+        if rows else ".")
+    text = [f"# Gridworld: {title}", "", made_by]
     if rows:
-        text[-1] = text[-1][:-1] + (
-            f": of {args.num_test_levels} held-out two-block levels, the {', '.join(map(str, sorted(used)))} where a "
-            "straight walk from the start reaches each block without passing the other. One greedy episode per "
-            "level and bank, SNAIL fresh, as a test episode after the first: an empty bank; a bank holding a walk "
-            "into the trap (true); one holding a walk into the goal (false, stored as a failure). Fractions of levels.")
         text += ["", "| agent | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS), *rows, "",
                  "E is the block the empty-bank episode walked to (levels where it hit one). An agent that reads which "
                  "block failed: the goal with the true bank, the trap with the false one, and 1.0 in the last three "

@@ -52,8 +52,9 @@ GPU_UPDATES = 3
 
 def steps_per_update(flags):
     """Env steps in one update of a run with these flags on grid_failmem.py's defaults: its envs x the trial's steps."""
-    num_envs = int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else grid.Args().num_envs
-    return num_envs * grid.Args().trial_len
+    defaults = grid.Args()
+    num_envs = int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else defaults.num_envs
+    return num_envs * defaults.trial_len
 
 
 def command(device, name):
