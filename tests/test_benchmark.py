@@ -334,3 +334,45 @@ def test_device_sps_without_a_gpu_stops_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no CUDA device"):
         grid_device_sps.main()
     assert not (tmp_path / "logs").exists()
+
+
+def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_before(tmp_path, monkeypatch):
+    import torch
+
+    import grid_curriculum
+
+    def fake_run(tag, stage, agent, seed, iteration):  # a checkpoint as a run leaves it, banks and all left out
+        run = tmp_path / "runs" / f"grid__{tag}_{stage}__{agent}__{seed}__{1000 + iteration}"
+        run.mkdir(parents=True)
+        torch.save(dict(iteration=iteration, args=dict(num_iterations=390)), run / "agent.pt")
+        return f"{run}/agent.pt"
+
+    launched, plotted = [], []
+
+    def launch(runs, parallel):  # each run of a stage ends, as learning.launch waits for them
+        launched.append([command for command, _ in runs])
+        for command, _ in runs:
+            exp, agent, seed = (command[command.index(flag) + 1] for flag in ("--exp-name", "--agent", "--seed"))
+            fake_run("t", exp[2:], agent, seed, 390)
+
+    monkeypatch.setattr(grid_curriculum, "ROOT", tmp_path)
+    monkeypatch.setattr(grid_curriculum, "launch", launch)
+    monkeypatch.setattr(grid_curriculum.subprocess, "run", lambda command, check: plotted.append(command))
+    grid_curriculum.main(["--agents", "memory", "snail", "--seeds", "1", "2", "--tag", "t"])
+    assert [len(stage) for stage in launched] == [4, 4, 4]
+    first, second = launched[0][0], launched[1][3]
+    assert "--init-from" not in first and "--num-blocks" not in first  # the default task, from scratch
+    assert second[second.index("--agent") + 1:][:3] == ["snail", "--seed", "2"]
+    assert second[second.index("--init-from") + 1].startswith(str(tmp_path / "runs" / "grid__t_x2__snail__2__"))
+    assert second[second.index("--num-blocks") + 1] == "3" and second[second.index("--update-epochs") + 1] == "4"
+    assert [command[command.index("--tag") + 1] for command in plotted] == ["t_x2", "t_x3a_e4mb12", "t_x3b_e4mb12"]
+
+    # --first-stage starts from finished runs only: one stopped halfway is refused before anything runs
+    launched.clear()
+    fake_run("u", "x3a_e4mb12", "memory", 1, 390)
+    fake_run("u", "x3a_e4mb12", "memory", 2, 100)
+    with pytest.raises(SystemExit):
+        grid_curriculum.main(["--agents", "memory", "--seeds", "1", "2", "--tag", "u", "--first-stage", "x3b_e4mb12"])
+    assert launched == []
+    assert grid_curriculum.unfinished_before(grid_curriculum.argparse.Namespace(agents=["memory"], seeds=[1, 2], tag="u"),
+                                             "x3b_e4mb12") == ["u_x3a_e4mb12", "memory seed 2"]

@@ -1,0 +1,102 @@
+"""Three blocks through two: the curriculum behind rung L3 (README, "The W8 curriculum in one command"), one command.
+
+    python benchmark/grid_curriculum.py --agents memory snail --seeds 1 2 3 --tag l3
+    python benchmark/grid_curriculum.py --agents memory --seeds 1 2 3 --tag l3 --first-stage x3b_e4mb12
+
+Every (agent, seed) trains grid_failmem.py's default task (W 8, two blocks, 1.5M steps), then three
+blocks starting from those weights, then three blocks again starting from the first three-block agent
+(`--init-from`: the weights only; the optimiser, the lr schedule and the bank start afresh). The
+three-block stages use the paper's PPO batch (4 epochs of 12-trial minibatches: the batch for the
+stages after navigation, README), stop an update's epochs once the KL passes 0.01, and drop the entropy
+bonus (each measured on W8, README). A stage's runs go `--parallel` at once, one torch thread each;
+the next stage starts when all of them have ended. Runs are named grid__{tag}_{stage}__{agent}__{seed}__*;
+`--first-stage` starts later, from the latest finished runs of the stage before. Then each stage's
+curves and table are drawn by learning.py into docs/grid_{tag}_{stage}.md and .png.
+"""
+
+import argparse
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from learning import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+THREE_BLOCKS = ["--num-blocks", "3", "--target-kl", "0.01", "--ent-coef", "0",
+                "--update-epochs", "4", "--trials-per-minibatch", "12"]
+STAGES = {"x2": [], "x3a_e4mb12": THREE_BLOCKS, "x3b_e4mb12": THREE_BLOCKS}  # each starts from the one before
+STEPS = 1_500_000  # grid_failmem.py's default --total-timesteps, every stage
+
+
+def exp_name(tag, stage):
+    return f"{tag}_{stage}"
+
+
+def stage_before(stage):
+    """The stage whose agents `stage` starts from; None for the first."""
+    index = list(STAGES).index(stage)
+    return list(STAGES)[index - 1] if index else None
+
+
+def finished_run(tag, stage, agent, seed):
+    """The checkpoint of the latest run of (stage, agent, seed) if that run ended, else None: a run writes
+    agent.pt as it goes, and one that ended has done all its updates."""
+    runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(tag, stage)}__{agent}__{seed}__*")))
+    path = f"{runs[-1]}/agent.pt" if runs else None
+    if path is None or not Path(path).exists():
+        return None
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # mmap: the banks stay on disk
+    return path if checkpoint["iteration"] >= checkpoint["args"]["num_iterations"] else None
+
+
+def unfinished_before(args, stage):
+    """[exp-name of the stage before, then each (agent, seed) without a finished run there], or [] if none lacks one."""
+    before = stage_before(stage)
+    if before is None:
+        return []
+    missing = [f"{agent} seed {seed}" for agent in args.agents for seed in args.seeds
+               if finished_run(args.tag, before, agent, seed) is None]
+    return [exp_name(args.tag, before), *missing] if missing else []
+
+
+def stage_runs(args, stage):
+    """(command, log name) of every (agent, seed) run of one stage, each from its own agent of the stage before."""
+    before, runs = stage_before(stage), []
+    for agent in args.agents:
+        for seed in args.seeds:
+            init = ["--init-from", finished_run(args.tag, before, agent, seed)] if before else []
+            runs.append((["nice", "-n", str(args.nice), sys.executable, str(ROOT / "grid_failmem.py"), "--agent", agent,
+                          "--seed", str(seed), "--threads", "1", "--eval-levels", "100", *STAGES[stage], *init,
+                          "--exp-name", exp_name(args.tag, stage)], f"grid_{exp_name(args.tag, stage)}_{agent}_{seed}.log"))
+    return runs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", nargs="+", default=["memory", "snail"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--tag", default="curriculum", help="runs are named {tag}_{stage}; docs grid_{tag}_{stage}.*")
+    parser.add_argument("--first-stage", choices=list(STAGES), default="x2",
+                        help="start here, from the latest runs of the stage before")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once, one torch thread each")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of the runs (10 leaves the cores to others)")
+    args = parser.parse_args(argv)
+    stages = list(STAGES)[list(STAGES).index(args.first_stage):]
+    for stage in stages:
+        missing = unfinished_before(args, stage)
+        if missing:  # checked before any run of the stage: before anything at all with --first-stage
+            parser.error(f"stage {stage} starts from the stage before (exp-name {missing[0]}), which has no finished "
+                         f"run for {', '.join(missing[1:])}")
+        print(f"== stage {stage} ==")
+        launch(stage_runs(args, stage), args.parallel)
+    for stage in stages:
+        subprocess.run([sys.executable, str(ROOT / "benchmark" / "learning.py"), "--env", "grid", "--agents",
+                        *[f"{agent}@{exp_name(args.tag, stage)}" for agent in args.agents], "--seeds",
+                        *map(str, args.seeds), "--total-timesteps", str(STEPS), "--tag", exp_name(args.tag, stage),
+                        "--plot-only"], check=True)
+
+
+if __name__ == "__main__":
+    main()
