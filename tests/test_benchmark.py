@@ -376,3 +376,17 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
     assert launched == []
     assert grid_curriculum.unfinished_before(grid_curriculum.argparse.Namespace(agents=["memory"], seeds=[1, 2], tag="u"),
                                              "x3b_e4mb12") == ["u_x3a_e4mb12", "memory seed 2"]
+
+
+@pytest.mark.parametrize("agent", ["memory", "snail", "ppo-finetune"])
+def test_memorisation_runs_the_first_episode_of_any_agent_from_an_empty_bank(agent):
+    import torch
+
+    import grid_failmem as grid
+    import grid_memorisation
+
+    args = grid.Args(agent=agent, grid_size=8, num_blocks=2, embed_dim=16, trial_len=12)
+    torch.manual_seed(0)
+    hit_rate, goal_rate, hits = grid_memorisation.goal_given_hit(grid.Agent(args, len(grid.MOVES)).eval(), args, "test", 6)
+    assert hits == round(hit_rate * grid_memorisation.REPEATS * 6) and hits <= grid_memorisation.REPEATS * 6
+    assert 0 <= goal_rate <= 1
