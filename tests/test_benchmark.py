@@ -364,18 +364,18 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
     assert "--init-from" not in first and "--num-blocks" not in first  # the default task, from scratch
     assert second[second.index("--agent") + 1:][:3] == ["snail", "--seed", "2"]
     assert second[second.index("--init-from") + 1].startswith(str(tmp_path / "runs" / "grid__t_x2__snail__2__"))
-    assert second[second.index("--num-blocks") + 1] == "3" and second[second.index("--update-epochs") + 1] == "4"
-    assert [command[command.index("--tag") + 1] for command in plotted] == ["t_x2", "t_x3a_e4mb12", "t_x3b_e4mb12"]
+    assert second[second.index("--num-blocks") + 1] == "3" and second[second.index("--target-kl") + 1] == "0.01"
+    assert [command[command.index("--tag") + 1] for command in plotted] == ["t_x2", "t_x3a", "t_x3b"]
 
     # --first-stage starts from finished runs only: one stopped halfway is refused before anything runs
     launched.clear()
-    fake_run("u", "x3a_e4mb12", "memory", 1, 390)
-    fake_run("u", "x3a_e4mb12", "memory", 2, 100)
+    fake_run("u", "x3a", "memory", 1, 390)
+    fake_run("u", "x3a", "memory", 2, 100)
     with pytest.raises(SystemExit):
-        grid_curriculum.main(["--agents", "memory", "--seeds", "1", "2", "--tag", "u", "--first-stage", "x3b_e4mb12"])
+        grid_curriculum.main(["--agents", "memory", "--seeds", "1", "2", "--tag", "u", "--first-stage", "x3b"])
     assert launched == []
     assert grid_curriculum.unfinished_before(grid_curriculum.argparse.Namespace(agents=["memory"], seeds=[1, 2], tag="u"),
-                                             "x3b_e4mb12") == ["u_x3a_e4mb12", "memory seed 2"]
+                                             "x3b") == ["u_x3a", "memory seed 2"]
 
 
 @pytest.mark.parametrize("agent", ["memory", "snail", "ppo-finetune"])
