@@ -251,7 +251,9 @@ def plot(args):
                + (f" --until {args.until}" if args.until else "")
                + (" -- " + " ".join(args.extra) if args.extra else ""))
     text = [f"# {TITLES[args.env]}: {' vs. '.join(label for label, *_ in curves(args))}", "", f"Made by `{command}`",
-            f"on {machine()}, one torch thread per run, {args.parallel} runs at once.", "",
+            (f"from the runs' TensorBoard logs, drawn on {machine()} (`--plot-only`: where the runs ran, and "
+             "beside what, the reading says)." if args.plot_only else
+             f"on {machine()}, one torch thread per run, {args.parallel} runs at once."), "",
             "Last evaluation on the held-out levels (greedy, empty bank at the start, 5 episodes; at the end of "
             "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
             *summary, "", "Held-out mean success by wall-clock minutes (the periodic evaluations, interpolated between "

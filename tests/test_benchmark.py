@@ -365,6 +365,7 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
     assert second[second.index("--agent") + 1:][:3] == ["snail", "--seed", "2"]
     assert second[second.index("--init-from") + 1].startswith(str(tmp_path / "runs" / "grid__t_x2__snail__2__"))
     assert second[second.index("--num-blocks") + 1] == "3" and second[second.index("--target-kl") + 1] == "0.01"
+    assert second[second.index("--num-envs") + 1] == "480" and "--num-envs" not in first
     assert [command[command.index("--tag") + 1] for command in plotted] == ["t_x2", "t_x3a", "t_x3b"]
 
     # --first-stage starts from finished runs only: one stopped halfway is refused before anything runs
