@@ -53,22 +53,25 @@ def finished_run(tag, stage, agent, seed):
     return path if checkpoint["iteration"] >= checkpoint["args"]["num_iterations"] else None
 
 
-def unfinished_before(args, stage):
-    """[exp-name of the stage before, then each (agent, seed) without a finished run there], or [] if none lacks one."""
+def starting_points(args, stage):
+    """{(agent, seed): the finished checkpoint of the stage before, or None where it has none}; {} for the first stage."""
     before = stage_before(stage)
-    if before is None:
-        return []
-    missing = [f"{agent} seed {seed}" for agent in args.agents for seed in args.seeds
-               if finished_run(args.tag, before, agent, seed) is None]
-    return [exp_name(args.tag, before), *missing] if missing else []
+    return {(agent, seed): finished_run(args.tag, before, agent, seed)
+            for agent in args.agents for seed in args.seeds} if before else {}
 
 
-def stage_runs(args, stage):
+def unfinished_before(args, stage, starts):
+    """[exp-name of the stage before, then each (agent, seed) without a finished run there], or [] if none lacks one."""
+    missing = [f"{agent} seed {seed}" for (agent, seed), path in starts.items() if path is None]
+    return [exp_name(args.tag, stage_before(stage)), *missing] if missing else []
+
+
+def stage_runs(args, stage, starts):
     """(command, log name) of every (agent, seed) run of one stage, each from its own agent of the stage before."""
-    before, runs = stage_before(stage), []
+    runs = []
     for agent in args.agents:
         for seed in args.seeds:
-            init = ["--init-from", finished_run(args.tag, before, agent, seed)] if before else []
+            init = ["--init-from", starts[agent, seed]] if starts else []
             runs.append((["nice", "-n", str(args.nice), sys.executable, str(ROOT / "grid_failmem.py"), "--agent", agent,
                           "--seed", str(seed), "--threads", "1", "--eval-levels", "100", *STAGES[stage], *init,
                           "--exp-name", exp_name(args.tag, stage)], f"grid_{exp_name(args.tag, stage)}_{agent}_{seed}.log"))
@@ -87,12 +90,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     stages = list(STAGES)[list(STAGES).index(args.first_stage):]
     for stage in stages:
-        missing = unfinished_before(args, stage)
+        starts = starting_points(args, stage)
+        missing = unfinished_before(args, stage, starts)
         if missing:  # checked before any run of the stage: before anything at all with --first-stage
             parser.error(f"stage {stage} starts from the stage before (exp-name {missing[0]}), which has no finished "
                          f"run for {', '.join(missing[1:])}")
         print(f"== stage {stage} ==")
-        launch(stage_runs(args, stage), args.parallel)
+        launch(stage_runs(args, stage, starts), args.parallel)
     for stage in stages:
         subprocess.run([sys.executable, str(ROOT / "benchmark" / "learning.py"), "--env", "grid", "--agents",
                         *[f"{agent}@{exp_name(args.tag, stage)}" for agent in args.agents], "--seeds",

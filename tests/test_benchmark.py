@@ -375,8 +375,9 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
     with pytest.raises(SystemExit):
         grid_curriculum.main(["--agents", "memory", "--seeds", "1", "2", "--tag", "u", "--first-stage", "x3b"])
     assert launched == []
-    assert grid_curriculum.unfinished_before(grid_curriculum.argparse.Namespace(agents=["memory"], seeds=[1, 2], tag="u"),
-                                             "x3b") == ["u_x3a", "memory seed 2"]
+    args = grid_curriculum.argparse.Namespace(agents=["memory"], seeds=[1, 2], tag="u")
+    assert grid_curriculum.unfinished_before(args, "x3b", grid_curriculum.starting_points(args, "x3b")) == [
+        "u_x3a", "memory seed 2"]
 
 
 @pytest.mark.parametrize("agent", ["memory", "snail", "ppo-finetune"])
