@@ -392,3 +392,47 @@ def test_memorisation_runs_the_first_episode_of_any_agent_from_an_empty_bank(age
     hit_rate, goal_rate, hits = grid_memorisation.goal_given_hit(grid.Agent(args, len(grid.MOVES)).eval(), args, "test", 6)
     assert hits == round(hit_rate * grid_memorisation.REPEATS * 6) and hits <= grid_memorisation.REPEATS * 6
     assert 0 <= goal_rate <= 1
+
+
+def test_two_failures_tells_a_reader_of_both_failures_from_one_that_reads_its_favourite_only():
+    import grid_two_failures as probe
+
+    favourite, nxt = np.array([0, 1, 2, -1]), np.array([1, 2, -1, -1])  # level 3 hit no block; level 2 had no N
+    third = np.array([2, 0, -1, -1])
+    both = {"empty": favourite, "F": np.array([1, 2, 0, -1]), "N": np.array([0, 1, 0, -1]),
+            "F, N": third, "N, F": third}
+    cells = probe.shares(favourite, nxt, both)
+    assert cells["levels"] == 4 and cells["levels with N"] == 2 and cells["empty: a block"] == 0.75
+    assert cells["F: another"] == 1.0 and cells["N: F"] == 1.0
+    assert cells["F, N: the third"] == 1.0 and cells["N, F: the third"] == 1.0 and cells["same block either order"] == 1.0
+    only_favourite = dict(both, **{"F, N": nxt, "N, F": nxt})  # avoids F whatever else the bank names
+    cells = probe.shares(favourite, nxt, only_favourite)
+    assert cells["F, N: the third"] == 0.0 and cells["F, N: N"] == 1.0 and cells["N, F: N"] == 1.0
+
+
+def test_two_failures_refuses_an_agent_that_is_not_a_three_block_memory_agent(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(grid_size=8, num_blocks=2, embed_dim=16, trial_len=12)
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
+    with pytest.raises(SystemExit, match="not a three-block agent"):
+        probe.probe(str(tmp_path / "agent.pt"), 4)
+
+
+def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12)
+    torch.manual_seed(0)
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
+    favourite, nxt, hits = probe.probe(str(tmp_path / "agent.pt"), 6)
+    assert set(hits) == set(probe.BANKS) and all(len(h) == len(favourite) for h in hits.values())
+    assert ((nxt == -1) | (nxt != favourite)).all() and (hits["empty"] == favourite).all()
