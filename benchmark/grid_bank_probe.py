@@ -89,6 +89,16 @@ def first_hits(agent, args, levels, level_ids, banks):
     return hits
 
 
+def hits_with_banks(agent, args, levels, usable, walks, named):
+    """first_hits on the `usable` levels, each level's bank holding the walks (`walks[level, block]`) into the blocks
+    `named` gives it, one list per usable level, oldest first (an empty list: an empty bank)."""
+    banks = grid.make_banks(args, (args.obs_size, args.obs_size, 3), float("inf"))
+    for level, blocks in zip(usable, named):
+        for block in blocks:
+            banks[0].add(int(level), *walks[level, block])
+    return first_hits(agent, args, levels, usable, banks)
+
+
 def probe(path, num_levels):
     args = grid.Args(num_test_levels=num_levels)
     agent = grid.load_checkpoint(path, args, len(grid.MOVES), torch.device("cpu")).eval()
@@ -97,13 +107,8 @@ def probe(path, num_levels):
     levels = grid.task_levels(args, "test", num_levels)
     walks = {(level, block): scripted_failure(levels, level, block, args) for level in range(num_levels) for block in (0, 1)}
     usable = np.array([level for level in range(num_levels) if walks[level, 0] is not None and walks[level, 1] is not None])
-    hits = {}
-    for named in (None, 0, 1):
-        banks = grid.make_banks(args, (args.obs_size, args.obs_size, 3), float("inf"))
-        if named is not None:
-            for level in usable:
-                banks[0].add(int(level), *walks[level, named])
-        hits[named] = first_hits(agent, args, levels, usable, banks)
+    hits = {named: hits_with_banks(agent, args, levels, usable, walks, [[] if named is None else [named]] * len(usable))
+            for named in (None, 0, 1)}
     goals = levels["goals"][usable]
     return args, len(usable), goals, hits
 

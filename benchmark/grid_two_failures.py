@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
-from grid_bank_probe import first_hits, scripted_failure  # noqa: E402
+from grid_bank_probe import hits_with_banks, scripted_failure  # noqa: E402
 from learning import write_doc  # noqa: E402
 
 BANKS = ("empty", "F", "N", "F, N", "N, F")  # the blocks each bank's failures walked into, oldest first
@@ -41,11 +41,7 @@ def probe(path, num_levels):
     usable = np.array([level for level in range(num_levels) if all(walks[level, block] is not None for block in range(3))])
 
     def hits_with(named):  # named: per usable level, the blocks its bank's failures walked into, oldest first
-        banks = grid.make_banks(args, (args.obs_size, args.obs_size, 3), float("inf"))
-        for level, blocks in zip(usable, named):
-            for block in blocks:
-                banks[0].add(int(level), *walks[level, block])
-        return first_hits(agent, args, levels, usable, banks)
+        return hits_with_banks(agent, args, levels, usable, walks, named)
 
     hits = {"empty": hits_with([[]] * len(usable))}
     favourite = hits["empty"]
