@@ -17,19 +17,21 @@ learning.py into docs/grid_{tag}_{stage}.md and .png.
 """
 
 import argparse
-import glob
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from learning import launch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import grid_failmem as grid  # noqa: E402
+from learning import latest_run, launch  # noqa: E402
+
 THREE_BLOCKS = ["--num-blocks", "3", "--target-kl", "0.01", "--ent-coef", "0",
                 "--num-envs", "480", "--trials-per-minibatch", "40", "--eval-every", "5"]  # 39 updates a stage
 STAGES = {"x2": [], "x3a": THREE_BLOCKS, "x3b": THREE_BLOCKS}  # each starts from the one before
-STEPS = 1_500_000  # grid_failmem.py's default --total-timesteps, every stage
+STEPS = grid.Args().total_timesteps  # every stage runs the default
 
 
 def exp_name(tag, stage):
@@ -45,8 +47,8 @@ def stage_before(stage):
 def finished_run(tag, stage, agent, seed):
     """The checkpoint of the latest run of (stage, agent, seed) if that run ended, else None: a run writes
     agent.pt as it goes, and one that ended has done all its updates."""
-    runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(tag, stage)}__{agent}__{seed}__*")))
-    path = f"{runs[-1]}/agent.pt" if runs else None
+    run = latest_run("grid", exp_name(tag, stage), agent, seed)
+    path = f"{run}/agent.pt" if run else None
     if path is None or not Path(path).exists():
         return None
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)  # mmap: the banks stay on disk

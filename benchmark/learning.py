@@ -131,8 +131,9 @@ def curves(args):
             for agent in args.agents for value in values]
 
 
-def latest_run(args, exp, agent, seed):
-    runs = sorted(glob.glob(str(ROOT / "runs" / f"{args.env}__{exp}__{agent}__{seed}__*")))
+def latest_run(env, exp, agent, seed):
+    """The newest run directory of (env, exp-name, agent, seed), or None."""
+    runs = sorted(glob.glob(str(ROOT / "runs" / f"{env}__{exp}__{agent}__{seed}__*")))
     if not runs:
         print(f"no run for {exp} {agent} seed {seed}")
     return runs[-1] if runs else None
@@ -178,7 +179,7 @@ def plot(args):
     for (label_, agent, _, exp), colour in zip(curves(args), plt.cm.tab10.colors):
         training, held_out, held_out_minutes, finals, clipping = [], [], [], [], []
         for seed in args.seeds:
-            run = latest_run(args, exp, agent, seed)
+            run = latest_run(args.env, exp, agent, seed)
             if run is None:
                 continue
             steps, success = read(run, "charts/episode_success")
@@ -273,7 +274,7 @@ def grid_random_floor(args):
 
     for _, agent, _, exp in curves(args):
         for seed in args.seeds:
-            run = latest_run(args, exp, agent, seed)
+            run = latest_run(args.env, exp, agent, seed)
             if run and os.path.exists(f"{run}/agent.pt"):
                 flags = torch.load(f"{run}/agent.pt", map_location="cpu", weights_only=True)["args"]
                 return flags["grid_size"], flags["num_blocks"], random_policy(flags["grid_size"], flags["num_blocks"])[0]
@@ -308,7 +309,7 @@ def plot_error_modes(args, plt, name):
     fig, axes = plt.subplots(1, len(curves(args)), figsize=(5 * len(curves(args)), 3.5), squeeze=False)
     read = functools.partial(scalars, until=args.until)
     for ax, (label, agent, _, exp) in zip(axes[0], curves(args)):
-        runs = [run for run in (latest_run(args, exp, agent, seed) for seed in args.seeds) if run]
+        runs = [run for run in (latest_run(args.env, exp, agent, seed) for seed in args.seeds) if run]
         modes = [[read(run, f"eval/{mode}") for run in runs] for mode in ERROR_MODES]
         if not runs or not all(len(values) for mode in modes for _, values in mode):
             continue

@@ -340,6 +340,7 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
     import torch
 
     import grid_curriculum
+    import learning
 
     def fake_run(tag, stage, agent, seed, iteration):  # a checkpoint as a run leaves it, banks and all left out
         run = tmp_path / "runs" / f"grid__{tag}_{stage}__{agent}__{seed}__{1000 + iteration}"
@@ -356,6 +357,7 @@ def test_curriculum_starts_each_stage_from_the_same_agent_and_seed_of_the_stage_
             fake_run("t", exp[2:], agent, seed, 390)
 
     monkeypatch.setattr(grid_curriculum, "ROOT", tmp_path)
+    monkeypatch.setattr(learning, "ROOT", tmp_path)  # where the runs are looked for
     monkeypatch.setattr(grid_curriculum, "launch", launch)
     monkeypatch.setattr(grid_curriculum.subprocess, "run", lambda command, check: plotted.append(command))
     grid_curriculum.main(["--agents", "memory", "snail", "--seeds", "1", "2", "--tag", "t"])
