@@ -438,3 +438,40 @@ def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
     favourite, nxt, hits = probe.probe(str(tmp_path / "agent.pt"), 6)
     assert set(hits) == set(probe.BANKS) and all(len(h) == len(favourite) for h in hits.values())
     assert ((nxt == -1) | (nxt != favourite)).all() and (hits["empty"] == favourite).all()
+
+
+def test_fresh_reader_replaces_the_reader_only_and_the_copy_starts_a_run(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_fresh_reader
+
+    args = grid.Args(grid_size=8, num_blocks=2, embed_dim=16, trial_len=12)
+    torch.manual_seed(0)
+    weights = grid.Agent(args, len(grid.MOVES)).state_dict()
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args), model=weights),
+               tmp_path / "agent.pt")
+    grid_fresh_reader.main([str(tmp_path / "agent.pt"), str(tmp_path / "fresh.pt"), "--seed", "3"])
+    fresh = torch.load(tmp_path / "fresh.pt", weights_only=True)["model"]
+    assert fresh.keys() == weights.keys()
+    changed = {name for name in weights if not torch.equal(weights[name], fresh[name])}
+    assert changed and all(name.startswith("memory_read.") for name in changed)
+    assert all(torch.equal(weights[name], fresh[name]) for name in weights if not name.startswith("memory_read."))
+    again, _ = grid_fresh_reader.fresh_reader(torch.load(tmp_path / "agent.pt", weights_only=True), 3)
+    assert all(torch.equal(again[name], fresh[name]) for name in fresh)  # the seed fixes the fresh reader
+    # the copy is what --init-from reads: it fits an agent of the same flags on three blocks
+    three = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12, init_from=str(tmp_path / "fresh.pt"))
+    assert grid.init_weights(three, three.init_from).keys() == weights.keys()
+
+
+def test_fresh_reader_refuses_an_agent_without_a_reader(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_fresh_reader
+
+    args = grid.Args(agent="snail", grid_size=8, num_blocks=2, embed_dim=16, trial_len=12)
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
+    with pytest.raises(SystemExit, match="snail agent, which has no reader"):
+        grid_fresh_reader.main([str(tmp_path / "agent.pt"), str(tmp_path / "fresh.pt")])
