@@ -44,8 +44,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     checkpoint = grid.read_checkpoint(args.checkpoint, "checkpoint")
     weights, replaced = fresh_reader(checkpoint, args.seed)
-    kept = ("script", "format", "args", "run_name", "iteration", "global_step")
-    torch.save({**{key: checkpoint[key] for key in kept if key in checkpoint}, "model": weights}, args.out)
+    mark = {key: checkpoint[key] for key in ("script", "format") if key in checkpoint}  # older checkpoints lack it
+    torch.save({**mark, "args": checkpoint["args"], "model": weights}, args.out)
     print(f"{args.out}: {len(replaced)} reader tensors re-initialised, {len(weights) - len(replaced)} kept")
 
 
