@@ -11,6 +11,14 @@ failure, as in grid_bank_probe.py):
   - a bank naming F and N, in either order: the Bayes-optimal agent walks to the third block, the one no
     failure names. One that reads only whether its favourite failed walks to N again.
 Writes docs/grid_two_failures.md or --out.
+
+    python benchmark/grid_two_failures.py [checkpoints] --supervised-steps 3000 --seeds 1 2 3 --out docs/grid_two_failures_supervised.md
+
+Can the bank's read carry two failures when trained to, by supervision instead of PPO? Behaviour cloning of
+walks into a block no failure names, with a bank naming one or two blocks drawn at random; then greedy
+episodes on held-out levels, against what a policy blind to its bank (2/3, 1/3) and one that reads a single
+failure (1, 1/2) could score at best. For an agent with fresh weights, and per checkpoint for its reader
+alone (the rest frozen) and for the whole agent.
 """
 
 import argparse
@@ -23,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
-from grid_bank_probe import hits_with_banks, scripted_failure  # noqa: E402
+from grid_bank_probe import fit, hits_with_banks, scripted_failure  # noqa: E402
 from learning import write_doc  # noqa: E402
 
 BANKS = ("empty", "F", "N", "F, N", "N, F")  # the blocks each bank's failures walked into, oldest first
@@ -53,6 +61,79 @@ def probe(path, num_levels):
     return favourite, nxt, hits
 
 
+def walk_cases(args, split, count, rng):
+    """On each level of a split where a straight walk into every block exists: one or two blocks drawn at random
+    (half and half), named by a bank holding walks into them in random order, and a target: the third block after
+    two failures, one of the other two drawn at random after one. Returns the levels, the kept level ids, the blocks
+    each bank names (oldest first), the targets, the BankView, the walks into every block ({(level, block): walk})
+    and the walk into each target as a trial's first steps: frames (B, T, H, W, 3), moves and valid steps (B, T)."""
+    levels = grid.task_levels(args, split, count)
+    bank = grid.MemoryBank(2, args.mem_len, (args.obs_size, args.obs_size, 3), float("inf"))
+    walks, kept, named, targets = {}, [], [], []
+    for level in range(count):
+        level_walks = [scripted_failure(levels, level, block, args) for block in range(3)]
+        if any(walk is None for walk in level_walks):
+            continue
+        blocks = [int(b) for b in rng.permutation(3)[: rng.integers(1, 3)]]
+        for block in blocks:
+            bank.add(level, *level_walks[block])
+        free = [block for block in range(3) if block not in blocks]
+        walks.update({(level, block): walk for block, walk in enumerate(level_walks)})
+        kept.append(level)
+        named.append(blocks)
+        targets.append(free[rng.integers(len(free))])
+    kept, length = np.array(kept), max(len(walks[level, target][1]) for level, target in zip(kept, targets))
+    frames = np.zeros((len(kept), length, args.obs_size, args.obs_size, 3), np.uint8)
+    moves, valid = np.zeros((len(kept), length), np.int64), np.zeros((len(kept), length), bool)
+    for row, (level, target) in enumerate(zip(kept, targets)):
+        walk_frames, walk_moves, _ = walks[level, target]
+        frames[row, : len(walk_moves)], moves[row, : len(walk_moves)], valid[row, : len(walk_moves)] = \
+            walk_frames, walk_moves, True
+    return (levels, kept, named, np.array(targets), bank.get(kept).to("cpu"), walks,
+            (torch.as_tensor(frames), torch.as_tensor(moves), torch.as_tensor(valid)))
+
+
+def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_levels=20000, test_levels=500):
+    """Can the bank's read carry two failures when trained to? Behaviour cloning (Adam 1e-3, `steps` steps of
+    `batch` cases of walk_cases on training levels): the log-probability of each move of the walk into the target,
+    the trial's first steps, with the bank read as in a trial. An agent with fresh weights (three blocks, the
+    default sizes) or the checkpoint's, all of it, its memory read alone (`trained="reader"`) or nothing ("none": the
+    checkpoint as it is). Then one greedy
+    episode per held-out level with its bank, SNAIL fresh. Returns per number of failures named (1, 2): the share of
+    levels where the agent walked into a block no failure names (after two: the third), and the level count; the
+    trained agent and its Args. A
+    policy blind to its bank scores at most 2/3 and 1/3; one that reads one failure, 1 and 1/2."""
+    torch.manual_seed(seed)
+    args = grid.Args(num_blocks=3)
+    agent = grid.Agent(args, len(grid.MOVES)) if checkpoint is None else \
+        grid.load_checkpoint(checkpoint, args, len(grid.MOVES), torch.device("cpu"))
+    if args.num_blocks != 3 or not agent.use_memory:
+        raise SystemExit(f"grid_two_failures.py: error: {checkpoint} is not a three-block agent with a bank")
+    for name, parameter in agent.named_parameters():
+        parameter.requires_grad_(trained == "all" or name.startswith("memory_read."))
+    optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad] or [torch.zeros(1)], lr=1e-3)
+    rng = np.random.default_rng(seed)
+    *_, view, _, (frames, moves, valid) = walk_cases(args, "train", train_levels, rng)
+    test_cases = walk_cases(args, "test", test_levels, np.random.default_rng([seed, 1]))  # the same whatever is trained
+    starts = torch.zeros(moves.shape)
+    starts[:, 0] = 1
+
+    def loss_of(rows):
+        bank = grid.BankView(*(x[rows] for x in view[:4]), visible=torch.ones(len(rows), moves.shape[1], 2, dtype=torch.bool))
+        previous = torch.nn.functional.pad(moves[rows], (1, 0))[:, :-1]
+        _, log_probs, _, _ = agent.get_action_and_value(frames[rows], previous, torch.zeros(moves[rows].shape),
+                                                        starts[rows], [bank], moves[rows])
+        return -(log_probs * valid[rows]).sum() / valid[rows].sum()
+
+    agent.train()
+    if trained != "none":
+        fit(optimizer, loss_of, len(moves), steps, rng, batch)
+    levels, kept, named, targets, _, walks, _ = test_cases
+    hits = hits_with_banks(agent.eval(), args, levels, kept, walks, named)
+    right = np.array([hit >= 0 and hit not in blocks for hit, blocks in zip(hits, named)])
+    num_named = np.array([len(blocks) for blocks in named])
+    return {k: (right[num_named == k].mean(), int((num_named == k).sum())) for k in (1, 2)}, agent, args
+
 def shares(favourite, nxt, hits):
     """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for."""
     walked, paired = favourite >= 0, nxt >= 0
@@ -70,13 +151,60 @@ def shares(favourite, nxt, hits):
     return cells
 
 
-def main():
+def supervised_doc(args, parser):
+    runs = [(label, trained, path, seed) for seed in args.seeds for label, trained, path in [
+        ("fresh weights", "all", None),
+        *((f"`{Path(path).parent.name}`", trained, path) for path in args.checkpoints for trained in ("none", "all", "reader"))]]
+    rows = {}
+    for label, trained, path, seed in runs:
+        result, agent, agent_args = supervised(args.supervised_steps, path, trained, seed)
+        if args.save_dir and trained != "none":  # a checkpoint that --eval-only and --init-from read
+            name = f"{'fresh' if path is None else Path(path).parent.name}_{trained}_{seed}.pt"
+            Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+            torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(agent_args),
+                            model=agent.state_dict()), Path(args.save_dir) / name)
+        what = {"none": "nothing (as PPO left it)", "reader": "its reader alone", "all": "all"}[trained]
+        rows[label, trained, seed] = (f"| {label} | {what} | {seed} | "
+                                      f"{result[1][0]:.3f} | {result[2][0]:.3f} | {result[1][1]} / {result[2][1]} |")
+        print(rows[label, trained, seed], flush=True)
+    command = " ".join(["python benchmark/grid_two_failures.py", *args.checkpoints,
+                        f"--supervised-steps {args.supervised_steps}", "--seeds", *map(str, args.seeds), f"--out {args.out}"])
+    text = ["# Gridworld, three blocks: can the bank's read carry two failures when trained to? (supervised)", "",
+            f"Made by `{command}`. Behaviour cloning: on 20,000 training levels (three blocks, W 8), a bank holding "
+            "scripted walks into one or two blocks drawn at random (as the bank stores failures, random order), and "
+            "the walk into a block no failure names as the trial's first steps (after two failures the third block; "
+            f"after one, one of the other two at random); {args.supervised_steps} Adam steps (1e-3) of 64 cases on the "
+            "log-probability of its moves. Then one greedy episode per held-out level (of the first 500, those where a "
+            "straight walk into every block exists), its bank drawn as above (one draw per seed, the same for every "
+            "agent of that seed), SNAIL fresh: the share of levels where the agent walked into a block no failure "
+            "names. A checkpoint is tested as PPO left it, then trained whole, then with its reader alone trained.", "",
+            "| agent | trained | seed | one failure named: another block | two named: the third block | levels (one / two) |",
+            "|---|---|---|---|---|---|",
+            "| blind to its bank, at best | | | 0.667 | 0.333 | |",
+            "| reads one failure only, at best | | | 1.000 | 0.500 | |",
+            *(rows[key] for key in sorted(rows, key=lambda key: (key[0] != "fresh weights", *key))), ""]
+    write_doc(Path(args.out), "\n".join(text))
+    print("\n".join(text))
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("checkpoints", nargs="*")
     parser.add_argument("--num-test-levels", type=int, default=500)
     parser.add_argument("--out", default=str(ROOT / "docs" / "grid_two_failures.md"))
-    args = parser.parse_args()
+    parser.add_argument("--supervised-steps", type=int, default=0,
+                        help="instead of the counterfactual probe, the supervised test for this many steps: an agent "
+                             "with fresh weights per --seeds, and each checkpoint's reader alone and whole agent")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds of the supervised test")
+    parser.add_argument("--save-dir", help="where the supervised test writes each trained agent's checkpoint")
+    args = parser.parse_args(argv)
+    if args.supervised_steps < 0:
+        parser.error(f"--supervised-steps must be 0 or more, got {args.supervised_steps}")
+    if not args.checkpoints and not args.supervised_steps:
+        parser.error("give checkpoints to probe, --supervised-steps, or both")
     torch.set_num_threads(1)
+    if args.supervised_steps:
+        return supervised_doc(args, parser)
     rows = [(Path(path).parent.name, shares(*probe(path, args.num_test_levels))) for path in args.checkpoints]
     columns = list(rows[0][1])
     command = " ".join(["python benchmark/grid_two_failures.py", *args.checkpoints]

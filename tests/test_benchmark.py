@@ -440,6 +440,83 @@ def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
     assert ((nxt == -1) | (nxt != favourite)).all() and (hits["empty"] == favourite).all()
 
 
+def test_two_failures_supervised_cases_target_a_block_no_failure_names():
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(num_blocks=3)
+    levels, kept, named, targets, view, walks, (frames, moves, valid) = probe.walk_cases(args, "train", 40, np.random.default_rng(0))
+    assert len(kept) == len(named) == len(targets) == len(frames) > 0
+    assert {len(blocks) for blocks in named} == {1, 2}
+    for row, (level, blocks, target) in enumerate(zip(kept, named, targets)):
+        assert target not in blocks and (len(blocks) == 1 or target == 3 - sum(blocks))
+        # the bank holds the walks into the named blocks, oldest first; the trial's steps are the walk into the target
+        for slot, block in enumerate(blocks):
+            stored = walks[level, block][1][-args.mem_len:]
+            assert (view.actions[row, slot, -len(stored):].numpy() == stored).all()
+        assert not view.valid[row, len(blocks):].any()
+        length = len(walks[level, target][1])
+        assert (moves[row, :length].numpy() == walks[level, target][1]).all() and valid[row].sum() == length
+        start = grid.BatchedGridWorld(levels, 1, args.grid_size, args.obs_size).set_levels([level])[0]
+        assert (frames[row, 0].numpy() == start).all()
+
+
+def test_two_failures_supervised_trains_the_reader_alone_when_asked_and_scores_shares(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12)
+    torch.manual_seed(0)
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
+    before = grid.Agent(args, len(grid.MOVES))
+    before.load_state_dict(torch.load(tmp_path / "agent.pt", weights_only=True)["model"])
+    result, after, _ = probe.supervised(3, str(tmp_path / "agent.pt"), "reader", batch=4, train_levels=20, test_levels=12)
+    as_saved, untouched, _ = probe.supervised(3, str(tmp_path / "agent.pt"), "none", batch=4, train_levels=20, test_levels=12)
+    assert all(torch.equal(p, before.state_dict()[name]) for name, p in untouched.state_dict().items())
+    assert [count for _, count in as_saved.values()] == [count for _, count in result.values()]  # the same test levels
+    changed = {name for name, p in after.state_dict().items() if not torch.equal(p, before.state_dict()[name])}
+    assert changed and all(name.startswith("memory_read.") for name in changed)
+    assert set(result) == {1, 2} and all(0 <= share <= 1 for share, _ in result.values())
+    assert sum(count for _, count in result.values()) > 0
+    with pytest.raises(SystemExit, match="not a three-block agent"):
+        torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(grid.Args(agent="snail", num_blocks=3)),
+                        model=grid.Agent(grid.Args(agent="snail", num_blocks=3), len(grid.MOVES)).state_dict()), tmp_path / "snail.pt")
+        probe.supervised(1, str(tmp_path / "snail.pt"), "reader", batch=4, train_levels=20, test_levels=12)
+
+
+def test_two_failures_supervised_doc_lists_every_run_and_saves_checkpoints_that_load(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12)
+    calls = []
+
+    def fake_supervised(steps, checkpoint, trained, seed):
+        calls.append((checkpoint, trained, seed))
+        return {1: (0.5, 10), 2: (0.25, 8)}, grid.Agent(args, len(grid.MOVES)), args
+
+    monkeypatch.setattr(probe, "supervised", fake_supervised)
+    probe.main(["ckpt/agent.pt", "--supervised-steps", "7", "--seeds", "1", "2", "--save-dir", str(tmp_path / "bc"),
+                "--out", str(tmp_path / "doc.md")])
+    assert sorted(calls, key=str) == sorted([(path, trained, seed) for seed in (1, 2) for path, trained in (
+        (None, "all"), ("ckpt/agent.pt", "none"), ("ckpt/agent.pt", "all"), ("ckpt/agent.pt", "reader"))], key=str)
+    doc = (tmp_path / "doc.md").read_text()
+    assert doc.count("| 0.500 | 0.250 | 10 / 8 |") == 8 and "--supervised-steps 7 --seeds 1 2" in doc
+    saved = sorted(path.name for path in (tmp_path / "bc").iterdir())
+    assert saved == sorted(f"{name}_{trained}_{seed}.pt" for name, trained in (("fresh", "all"), ("ckpt", "all"),
+                                                                               ("ckpt", "reader")) for seed in (1, 2))
+    loaded = grid.load_checkpoint(str(tmp_path / "bc" / "fresh_all_1.pt"), grid.Args(), len(grid.MOVES), torch.device("cpu"))
+    assert loaded.use_memory
+    with pytest.raises(SystemExit):
+        probe.main(["--supervised-steps", "-1"])
+    assert "--supervised-steps must be 0 or more" in capsys.readouterr().err
+
+
 def test_fresh_reader_replaces_the_reader_only_and_the_copy_starts_a_run(tmp_path):
     import torch
 
