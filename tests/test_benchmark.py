@@ -517,6 +517,52 @@ def test_two_failures_supervised_doc_lists_every_run_and_saves_checkpoints_that_
     assert "--supervised-steps must be 0 or more" in capsys.readouterr().err
 
 
+def test_warm_start_trials_walk_the_blocks_in_some_order_up_to_the_goal_then_the_goal():
+    import grid_failmem as grid
+    import grid_warm_start as warm
+
+    args = grid.Args(num_blocks=3)
+    levels = grid.task_levels(args, "train", 30)
+    kept, frames, moves, prev_moves, prev_rewards, starts, valid = warm.scripted_trials(
+        args, "train", 30, np.random.default_rng(0), episodes=4)
+    assert len(kept) > 0 and frames.shape[:2] == moves.shape == valid.shape
+    for row, level in enumerate(kept):
+        n = int(valid[row].sum())
+        assert valid[row, :n].all() and starts[row, 0] == 1 and starts[row].sum() == 4
+        # replay the moves: every episode ends on a block, no block is hit twice before the goal, then only the goal
+        env = grid.GridWorld(levels, args.grid_size, args.obs_size, args.trial_len)
+        frame, _ = env.reset(options={"level": int(level)})
+        hits, rewards = [], []
+        for t in range(n):
+            assert (frames[row, t].numpy() == frame).all() and bool(starts[row, t]) == (t == 0 or rewards[-1] != 0)
+            frame, reward, terminated, _, info = env.step(int(moves[row, t]))
+            rewards.append(reward)
+            if terminated:
+                hits.append(info["hit"])
+                frame, _ = env.reset(options={"level": int(level)})
+        goal = levels["goals"][level]
+        assert len(hits) == 4 and goal in hits and len(set(hits[: hits.index(goal) + 1])) == hits.index(goal) + 1
+        assert all(hit == goal for hit in hits[hits.index(goal):])
+        assert (prev_moves[row, 1:n].numpy() == moves[row, : n - 1].numpy()).all() and prev_moves[row, 0] == 0
+        assert np.allclose(prev_rewards[row, 1:n].numpy(), rewards[:-1]) and prev_rewards[row, 0] == 0
+
+
+def test_warm_start_writes_checkpoints_that_evaluate_and_refuses_bad_steps(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import grid_failmem as grid
+    import grid_warm_start as warm
+
+    real_clone = warm.clone_snail
+    monkeypatch.setattr(warm, "clone_snail", lambda steps, seed: real_clone(steps, seed, batch=2, train_levels=8))
+    warm.main(["--agent", "snail", "--steps", "2", "--out", str(tmp_path / "snail.pt")])
+    agent = grid.load_checkpoint(str(tmp_path / "snail.pt"), grid.Args(), len(grid.MOVES), torch.device("cpu"))
+    assert agent.name == "snail" and not agent.use_memory
+    with pytest.raises(SystemExit):
+        warm.main(["--agent", "memory", "--steps", "0", "--out", str(tmp_path / "memory.pt")])
+    assert "--steps must be positive" in capsys.readouterr().err
+
+
 def test_fresh_reader_replaces_the_reader_only_and_the_copy_starts_a_run(tmp_path):
     import torch
 
