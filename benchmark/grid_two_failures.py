@@ -168,7 +168,8 @@ def supervised_doc(args, parser):
                                       f"{result[1][0]:.3f} | {result[2][0]:.3f} | {result[1][1]} / {result[2][1]} |")
         print(rows[label, trained, seed], flush=True)
     command = " ".join(["python benchmark/grid_two_failures.py", *args.checkpoints,
-                        f"--supervised-steps {args.supervised_steps}", "--seeds", *map(str, args.seeds), f"--out {args.out}"])
+                        f"--supervised-steps {args.supervised_steps}", "--seeds", *map(str, args.seeds),
+                        *([f"--save-dir {args.save_dir}"] if args.save_dir else []), f"--out {args.out}"])
     text = ["# Gridworld, three blocks: can the bank's read carry two failures when trained to? (supervised)", "",
             f"Made by `{command}`. Behaviour cloning: on 20,000 training levels (three blocks, W 8), a bank holding "
             "scripted walks into one or two blocks drawn at random (as the bank stores failures, random order), and "
