@@ -167,22 +167,6 @@ def supervised_naming(after, steps, seed=1, batch=64, **sizes):
     return float(accuracy)
 
 
-def nearer(levels, level):
-    """(blocks, moves): which moves bring the agent at the level's start nearer each block."""
-    start = levels["starts"][level]
-    return np.stack([np.abs(start + grid.MOVES - block).sum(1) < np.abs(start - block).sum()
-                     for block in levels["blocks"][level]])
-
-
-def logits_at_start(agent, frames, view):
-    """The agent's logits at the first step of a trial, frames (B, 1, H, W, 3), each level's bank a BankView row."""
-    obs_embed = agent.obs_embed(agent.cnn(frames))
-    zeros = torch.zeros(frames.shape[:2])
-    x = agent.trial_input(obs_embed, zeros.long(), zeros, torch.ones_like(zeros))
-    memories = [(memory, filled[:, None]) for memory, filled in agent.read_banks([view])]
-    return agent.heads(agent.snail(x), obs_embed, memories, torch.arange(1))[0][:, 0]
-
-
 def supervised_recovery(steps, seed=1, batch=64, **sizes):
     """Can the whole agent (fresh weights, the default sizes) learn the Bayes-optimal move after a failure
     when told it? On levels where no first move brings the agent nearer both blocks (so that a policy blind
@@ -195,6 +179,11 @@ def supervised_recovery(steps, seed=1, batch=64, **sizes):
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
 
+    def nearer(levels, level):  # per block, the moves that bring the agent at the start nearer it
+        start = levels["starts"][level]
+        return np.stack([np.abs(start + grid.MOVES - block).sum(1) < np.abs(start - block).sum()
+                         for block in levels["blocks"][level]])
+
     def cases(split, count, rng):
         levels, kept, named, view = random_walks(args, split, count, rng,
                                                  keep=lambda levels, level, _: not nearer(levels, level).all(0).any())
@@ -202,9 +191,16 @@ def supervised_recovery(steps, seed=1, batch=64, **sizes):
         frames = grid.BatchedGridWorld(levels, len(kept), args.grid_size, args.obs_size).set_levels(kept)
         return torch.as_tensor(frames)[:, None], view, torch.as_tensor(good)
 
+    def logits_at_start(frames, view):
+        obs_embed = agent.obs_embed(agent.cnn(frames))
+        zeros = torch.zeros(frames.shape[:2])
+        x = agent.trial_input(obs_embed, zeros.long(), zeros, torch.ones_like(zeros))
+        memories = [(memory, filled[:, None]) for memory, filled in agent.read_banks([view])]
+        return agent.heads(agent.snail(x), obs_embed, memories, torch.arange(1))[0][:, 0]
+
     def loss_of(rows):
         view = grid.BankView(*(x[rows] for x in train_view[:4]))
-        log_probs = logits_at_start(agent, train_frames[rows], view).log_softmax(-1)
+        log_probs = logits_at_start(train_frames[rows], view).log_softmax(-1)
         return -torch.logsumexp(log_probs.masked_fill(~train_good[rows], -torch.inf), -1).mean()
 
     rng = np.random.default_rng(seed)
@@ -212,7 +208,7 @@ def supervised_recovery(steps, seed=1, batch=64, **sizes):
     test_frames, test_view, test_good = cases("test", 2000, rng)
     fit(optimizer, loss_of, len(train_good), steps, rng, batch)
     with torch.no_grad():
-        best = logits_at_start(agent, test_frames, test_view).argmax(-1)
+        best = logits_at_start(test_frames, test_view).argmax(-1)
     return float(test_good[torch.arange(len(best)), best].float().mean()), len(test_good)
 
 
