@@ -98,11 +98,10 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     `batch` cases of walk_cases on training levels): the log-probability of each move of the walk into the target,
     the trial's first steps, with the bank read as in a trial. An agent with fresh weights (three blocks, the
     default sizes) or the checkpoint's, all of it, its memory read alone (`trained="reader"`) or nothing ("none": the
-    checkpoint as it is). Then one greedy
-    episode per held-out level with its bank, SNAIL fresh. Returns per number of failures named (1, 2): the share of
-    levels where the agent walked into a block no failure names (after two: the third), and the level count; the
-    trained agent and its Args. A
-    policy blind to its bank scores at most 2/3 and 1/3; one that reads one failure, 1 and 1/2."""
+    checkpoint as it is). Then one greedy episode per held-out level with its bank, SNAIL fresh. Returns per number
+    of failures named (1, 2): the share of levels where the agent walked into a block no failure names (after two:
+    the third) and the level count; the trained agent and its Args. A policy blind to its bank scores at most 2/3
+    and 1/3; one that reads one failure, 1 and 1/2."""
     torch.manual_seed(seed)
     args = grid.Args(num_blocks=3)
     agent = grid.Agent(args, len(grid.MOVES)) if checkpoint is None else \
@@ -128,11 +127,12 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     agent.train()
     if trained != "none":
         fit(optimizer, loss_of, len(moves), steps, rng, batch)
-    levels, kept, named, targets, _, walks, _ = test_cases
+    levels, kept, named, _, _, walks, _ = test_cases
     hits = hits_with_banks(agent.eval(), args, levels, kept, walks, named)
     right = np.array([hit >= 0 and hit not in blocks for hit, blocks in zip(hits, named)])
     num_named = np.array([len(blocks) for blocks in named])
     return {k: (right[num_named == k].mean(), int((num_named == k).sum())) for k in (1, 2)}, agent, args
+
 
 def shares(favourite, nxt, hits):
     """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for."""
@@ -151,7 +151,7 @@ def shares(favourite, nxt, hits):
     return cells
 
 
-def supervised_doc(args, parser):
+def supervised_doc(args):
     runs = [(label, trained, path, seed) for seed in args.seeds for label, trained, path in [
         ("fresh weights", "all", None),
         *((f"`{Path(path).parent.name}`", trained, path) for path in args.checkpoints for trained in ("none", "all", "reader"))]]
@@ -205,7 +205,7 @@ def main(argv=None):
         parser.error("give checkpoints to probe, --supervised-steps, or both")
     torch.set_num_threads(1)
     if args.supervised_steps:
-        return supervised_doc(args, parser)
+        return supervised_doc(args)
     rows = [(Path(path).parent.name, shares(*probe(path, args.num_test_levels))) for path in args.checkpoints]
     columns = list(rows[0][1])
     command = " ".join(["python benchmark/grid_two_failures.py", *args.checkpoints]
