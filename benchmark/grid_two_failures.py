@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
 from grid_bank_probe import fit, hits_with_banks, scripted_failure  # noqa: E402
+from grid_fresh_reader import READER  # noqa: E402
 from learning import write_doc  # noqa: E402
 
 BANKS = ("empty", "F", "N", "F, N", "N, F")  # the blocks each bank's failures walked into, oldest first
@@ -109,7 +110,7 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     if args.num_blocks != 3 or not agent.use_memory:
         raise SystemExit(f"grid_two_failures.py: error: {checkpoint} is not a three-block agent with a bank")
     for name, parameter in agent.named_parameters():
-        parameter.requires_grad_(trained == "all" or name.startswith("memory_read."))
+        parameter.requires_grad_(trained == "all" or name.startswith(READER))
     optimizer = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad] or [torch.zeros(1)], lr=1e-3)
     rng = np.random.default_rng(seed)
     *_, view, _, (frames, moves, valid) = walk_cases(args, "train", train_levels, rng)
@@ -151,6 +152,12 @@ def shares(favourite, nxt, hits):
     return cells
 
 
+def save_weights(path, agent, args):
+    """The agent's weights and flags with grid_failmem's mark: a checkpoint that --eval-only and --init-from read."""
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=agent.state_dict()), path)
+
+
 def supervised_doc(args):
     runs = [(label, trained, path, seed) for seed in args.seeds for label, trained, path in [
         ("fresh weights", "all", None),
@@ -158,11 +165,10 @@ def supervised_doc(args):
     rows = {}
     for label, trained, path, seed in runs:
         result, agent, agent_args = supervised(args.supervised_steps, path, trained, seed)
-        if args.save_dir and trained != "none":  # a checkpoint that --eval-only and --init-from read
+        if args.save_dir and trained != "none":
             name = f"{'fresh' if path is None else Path(path).parent.name}_{trained}_{seed}.pt"
             Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-            torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(agent_args),
-                            model=agent.state_dict()), Path(args.save_dir) / name)
+            save_weights(Path(args.save_dir) / name, agent, agent_args)
         what = {"none": "nothing (as PPO left it)", "reader": "its reader alone", "all": "all"}[trained]
         rows[label, trained, seed] = (f"| {label} | {what} | {seed} | "
                                       f"{result[1][0]:.3f} | {result[2][0]:.3f} | {result[1][1]} / {result[2][1]} |")

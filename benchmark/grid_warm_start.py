@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
 from grid_bank_probe import fit, scripted_failure  # noqa: E402
-from grid_two_failures import supervised  # noqa: E402
+from grid_two_failures import save_weights, supervised  # noqa: E402
 
 
 def scripted_trials(args, split, count, rng, episodes=5):
@@ -95,8 +95,7 @@ def main(argv=None):
         _, agent, agent_args = supervised(args.steps, None, "all", args.seed)
     else:
         agent, agent_args = clone_snail(args.steps, args.seed)
-    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(agent_args),
-                    model=agent.state_dict()), args.out)
+    save_weights(args.out, agent, agent_args)
     print(f"{args.out}: a {args.agent} agent cloned for {args.steps} steps (seed {args.seed})")
 
 
