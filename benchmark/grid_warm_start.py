@@ -12,7 +12,8 @@ tester (0.333 / 0.667 / 1 / 1 / 1). Each agent is cloned where its test reads it
     names (`grid_two_failures.supervised`, fresh weights). At test a memory agent's SNAIL starts afresh
     with each episode (`--test-history episode`), so every test episode begins like these.
   - snail: whole scripted trials of five episodes, SNAIL over all of them, as at test.
-Both for the same number of Adam steps (1e-3) of 64 cases on fresh weights, the default sizes, three blocks.
+Both for the same number of Adam steps (1e-3) of 64 cases on fresh weights, the default sizes, three blocks,
+W 8 or `--grid-size`.
 Writes a checkpoint that `--eval-only` and `--init-from` read.
 """
 
@@ -62,11 +63,11 @@ def scripted_trials(args, split, count, rng, episodes=5):
     return np.array(kept), *map(torch.as_tensor, (frames, moves, *previous, starts, valid))
 
 
-def clone_snail(steps, seed=1, batch=64, train_levels=20000):
-    """A SNAIL agent with fresh weights (three blocks, the default sizes) cloned on the explorer's trials for
+def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
+    """A SNAIL agent with fresh weights (three blocks on a `grid_size` grid, the default sizes) cloned on the explorer's trials for
     `steps` Adam steps (1e-3) of `batch` trials: the log-probability of every move. -> (agent, its Args)."""
     torch.manual_seed(seed)
-    args = grid.Args(agent="snail", num_blocks=3)
+    args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size)
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
@@ -86,17 +87,20 @@ def main(argv=None):
     parser.add_argument("--agent", choices=("memory", "snail"), required=True)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps of 64 cases")
+    parser.add_argument("--grid-size", type=int, default=8, help="W: the grid's side (the paper's task: 16)")
     parser.add_argument("--out", required=True, help="the checkpoint to write")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
+    if args.grid_size < 2 or grid.Args().obs_size % args.grid_size:
+        parser.error(f"--grid-size must divide the {grid.Args().obs_size}-pixel observation, got {args.grid_size}")
     torch.set_num_threads(1)
     if args.agent == "memory":
-        _, agent, agent_args = supervised(args.steps, None, "all", args.seed)
+        _, agent, agent_args = supervised(args.steps, None, "all", args.seed, grid_size=args.grid_size)
     else:
-        agent, agent_args = clone_snail(args.steps, args.seed)
+        agent, agent_args = clone_snail(args.steps, args.seed, grid_size=args.grid_size)
     save_weights(args.out, agent, agent_args)
-    print(f"{args.out}: a {args.agent} agent cloned for {args.steps} steps (seed {args.seed})")
+    print(f"{args.out}: a {args.agent} agent cloned for {args.steps} steps on W {args.grid_size} (seed {args.seed})")
 
 
 if __name__ == "__main__":

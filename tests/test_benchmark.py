@@ -554,13 +554,16 @@ def test_warm_start_writes_checkpoints_that_evaluate_and_refuses_bad_steps(tmp_p
     import grid_warm_start as warm
 
     real_clone = warm.clone_snail
-    monkeypatch.setattr(warm, "clone_snail", lambda steps, seed: real_clone(steps, seed, batch=2, train_levels=8))
-    warm.main(["--agent", "snail", "--steps", "2", "--out", str(tmp_path / "snail.pt")])
-    agent = grid.load_checkpoint(str(tmp_path / "snail.pt"), grid.Args(), len(grid.MOVES), torch.device("cpu"))
-    assert agent.name == "snail" and not agent.use_memory
-    with pytest.raises(SystemExit):
-        warm.main(["--agent", "memory", "--steps", "0", "--out", str(tmp_path / "memory.pt")])
-    assert "--steps must be positive" in capsys.readouterr().err
+    monkeypatch.setattr(warm, "clone_snail", lambda steps, seed, grid_size: real_clone(
+        steps, seed, batch=2, train_levels=8, grid_size=grid_size))
+    warm.main(["--agent", "snail", "--steps", "2", "--grid-size", "16", "--out", str(tmp_path / "snail.pt")])
+    loaded_args = grid.Args()
+    agent = grid.load_checkpoint(str(tmp_path / "snail.pt"), loaded_args, len(grid.MOVES), torch.device("cpu"))
+    assert agent.name == "snail" and not agent.use_memory and (loaded_args.grid_size, loaded_args.num_blocks) == (16, 3)
+    for flags, message in ((["--steps", "0"], "--steps must be positive"), (["--grid-size", "5"], "--grid-size must divide")):
+        with pytest.raises(SystemExit):
+            warm.main(["--agent", "memory", *flags, "--out", str(tmp_path / "memory.pt")])
+        assert message in capsys.readouterr().err
 
 
 def test_fresh_reader_replaces_the_reader_only_and_the_copy_starts_a_run(tmp_path):
