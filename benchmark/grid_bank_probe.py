@@ -129,13 +129,18 @@ def random_walks(args, split, count, rng, after=False, keep=lambda levels, level
     return levels, np.array(kept), np.array(named_blocks), bank.get(np.array(kept)).to("cpu")
 
 
-def fit(optimizer, loss_of, count, steps, rng, batch):
-    """`steps` Adam steps, each on `batch` of the `count` training cases drawn at random."""
-    for _ in range(steps):
+def fit(optimizer, loss_of, count, steps, rng, batch, report_every=500):
+    """`steps` Adam steps, each on `batch` of the `count` training cases drawn at random; the mean training loss of
+    each `report_every` steps is printed, so that a long fit shows whether it still falls."""
+    losses = []
+    for step in range(1, steps + 1):
         loss = loss_of(torch.as_tensor(rng.integers(count, size=batch)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        losses.append(loss.item())
+        if step % report_every == 0:
+            print(f"fit step {step}/{steps} | training loss {np.mean(losses[-report_every:]):.4f}", flush=True)
 
 
 def supervised_naming(after, steps, seed=1, batch=64, **sizes):
