@@ -4,6 +4,7 @@
     python benchmark/grid_warm_start.py --agent snail --seed 1 --out warm_snail_1.pt
     python grid_failmem.py --eval-only --checkpoint warm_memory_1.pt          # what cloning alone gives
     python grid_failmem.py --agent memory --seed 1 --num-blocks 3 --init-from warm_memory_1.pt ...   # then PPO
+    python benchmark/grid_warm_start.py --agent memory --grid-size 16 --steps 6000 --out warm16.pt   # the paper's W 16
 
 The explorer walks straight into a block no failure of the trial names, and into the goal once found; it
 knows the blocks' places and which blocks failed, never which one is the goal, so it is the Bayes-optimal
