@@ -65,8 +65,9 @@ def scripted_trials(args, split, count, rng, episodes=5):
 
 
 def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
-    """A SNAIL agent with fresh weights (three blocks on a `grid_size` grid, the default sizes) cloned on the explorer's trials for
-    `steps` Adam steps (1e-3) of `batch` trials: the log-probability of every move. -> (agent, its Args)."""
+    """A SNAIL agent with fresh weights (three blocks on a `grid_size` grid, the default sizes) cloned on the
+    explorer's trials for `steps` Adam steps (1e-3) of `batch` trials: the log-probability of every move.
+    -> (agent, its Args)."""
     torch.manual_seed(seed)
     args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size)
     agent = grid.Agent(args, len(grid.MOVES))
