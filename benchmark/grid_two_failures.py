@@ -94,15 +94,16 @@ def walk_cases(args, split, count, rng):
             (torch.as_tensor(frames), torch.as_tensor(moves), torch.as_tensor(valid)))
 
 
-def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_levels=20000, test_levels=500, grid_size=8):
+def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_levels=20000, test_levels=500,
+               grid_size=8):
     """Can the bank's read carry two failures when trained to? Behaviour cloning (Adam 1e-3, `steps` steps of
     `batch` cases of walk_cases on training levels): the log-probability of each move of the walk into the target,
     the trial's first steps, with the bank read as in a trial. An agent with fresh weights (three blocks on a
     `grid_size` grid, the default sizes) or the checkpoint's (its own grid), all of it, its memory read alone
-    (`trained="reader"`) or nothing ("none": the checkpoint as it is). Then one greedy episode per held-out level with its bank, SNAIL fresh. Returns per number
-    of failures named (1, 2): the share of levels where the agent walked into a block no failure names (after two:
-    the third) and the level count; the trained agent and its Args. A policy blind to its bank scores at most 2/3
-    and 1/3; one that reads one failure, 1 and 1/2."""
+    (`trained="reader"`) or nothing ("none": the checkpoint as it is). Then one greedy episode per held-out level
+    with its bank, SNAIL fresh. Returns per number of failures named (1, 2): the share of levels where the agent
+    walked into a block no failure names (after two: the third) and the level count; the trained agent and its
+    Args. A policy blind to its bank scores at most 2/3 and 1/3; one that reads one failure, 1 and 1/2."""
     torch.manual_seed(seed)
     args = grid.Args(num_blocks=3, grid_size=grid_size)
     agent = grid.Agent(args, len(grid.MOVES)) if checkpoint is None else \

@@ -94,8 +94,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
-    if args.grid_size < 2 or grid.Args().obs_size % args.grid_size:
-        parser.error(f"--grid-size must divide the {grid.Args().obs_size}-pixel observation, got {args.grid_size}")
+    if args.grid_size < 2 or grid.Args.obs_size % args.grid_size:  # the clones see the default 16-px picture
+        parser.error(f"--grid-size must divide the {grid.Args.obs_size}-pixel observation, got {args.grid_size}")
     torch.set_num_threads(1)
     if args.agent == "memory":
         _, agent, agent_args = supervised(args.steps, None, "all", args.seed, grid_size=args.grid_size)
