@@ -76,9 +76,14 @@ def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
     _, frames, moves, prev_moves, prev_rewards, starts, valid = scripted_trials(args, "train", train_levels, rng)
 
     def loss_of(rows):
-        _, log_probs, _, _ = agent.get_action_and_value(frames[rows], prev_moves[rows], prev_rewards[rows],
-                                                        starts[rows], [], moves[rows])
-        return -(log_probs * valid[rows]).sum() / valid[rows].sum()
+        # trials are padded to the split's longest; SNAIL is causal, so cutting a batch's padding after its own longest
+        # trial changes no move's log-probability and saves a quarter of the work on W 16
+        length = int(valid[rows].sum(1).max())
+        batch_frames, batch_prev_moves, batch_prev_rewards, batch_starts, batch_moves, batch_valid = (
+            x[rows, :length] for x in (frames, prev_moves, prev_rewards, starts, moves, valid))
+        _, log_probs, _, _ = agent.get_action_and_value(batch_frames, batch_prev_moves, batch_prev_rewards,
+                                                        batch_starts, [], batch_moves)
+        return -(log_probs * batch_valid).sum() / batch_valid.sum()
 
     fit(optimizer, loss_of, len(moves), steps, rng, batch)
     return agent, args
