@@ -257,6 +257,40 @@ def test_transfer_tests_a_two_block_agent_on_three_blocks(tmp_path):
     assert 0 <= summary["mean_success"] <= 1
 
 
+def test_test_readings_give_the_trial_history_to_bank_agents_only(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import grid_failmem as grid
+    import grid_test_readings
+
+    seen = []
+
+    def evaluate(agent, args, levels, level_ids, device):  # what each reading hands the run's own evaluate()
+        seen.append((agent.use_memory, args.test_history, args.eval_sample, args.num_blocks, len(level_ids)))
+        return dict(success=np.ones((len(level_ids), 5), bool), hits=np.zeros((len(level_ids), 5), int),
+                    returns=np.zeros(len(level_ids)))
+
+    monkeypatch.setattr(grid_test_readings.grid, "evaluate", evaluate)
+    paths = {}
+    for agent in ("memory", "snail"):
+        trained_as = grid.Args(agent=agent, grid_size=8, num_blocks=3, embed_dim=16)
+        paths[agent] = tmp_path / f"{agent}.pt"
+        torch.save(dict(args=vars(trained_as), model=grid.Agent(trained_as, len(grid.MOVES)).state_dict()),
+                   paths[agent])
+    trained, memory = grid_test_readings.readings_of(str(paths["memory"]), num_levels=7)
+    assert trained.embed_dim == 16 and list(memory) == list(grid_test_readings.READINGS)
+    _, snail = grid_test_readings.readings_of(str(paths["snail"]), num_levels=7)
+    assert list(snail) == ["greedy (the defaults)", "sampled"]  # SNAIL's test always reads the whole trial
+    assert seen == [(True, "episode", False, 3, 7), (True, "trial", False, 3, 7), (True, "episode", True, 3, 7),
+                    (False, "episode", False, 3, 7), (False, "episode", True, 3, 7)]
+    assert memory["sampled"]["mean_success"] == 1.0
+    for argv, flag in ((["--levels", "0", str(paths["snail"])], "--levels"), ([str(tmp_path / "none.pt")], "none.pt")):
+        monkeypatch.setattr(sys, "argv", ["grid_test_readings.py", *argv])
+        with pytest.raises(SystemExit):
+            grid_test_readings.main()
+        assert flag in capsys.readouterr().err
+
+
 def test_colour_bias_counts_each_episodes_hits_by_palette_colour(tmp_path):
     import torch
 

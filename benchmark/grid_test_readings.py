@@ -1,0 +1,102 @@
+"""Which reading of the paper's test do learned agents need? The same checkpoints under each, side by side.
+
+    python benchmark/grid_test_readings.py runs/<run>/agent.pt [more checkpoints] [--levels 500] [--out docs/...md]
+
+The paper leaves two things of its test open (README, "Where the paper is silent"):
+  - the memory agent's test history: its SNAIL restarts with each test episode, earlier failures reaching it
+    through the bank only (`--test-history episode`, our default), or it runs over the whole 5-episode trial as
+    SNAIL's does (`trial`);
+  - test actions: greedy (our default) or drawn from the policy (`--eval-sample`, a generator seeded by --seed).
+Earlier sessions measured both on agents that had not learned the task; this measures them on agents that
+have. Each checkpoint is run through grid_failmem.py's `evaluate()` on the first `--levels` held-out levels of
+its own task, once per reading (the whole-trial reading only for agents with a bank: SNAIL always reads the
+trial). Writes one table per checkpoint and reading, then the mean ± sd over the checkpoints of each agent.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import grid_failmem as grid  # noqa: E402
+from learning import write_doc  # noqa: E402
+
+READINGS = {  # name -> the Args fields it sets on top of the defaults
+    "greedy (the defaults)": {},
+    "greedy, the memory agent's SNAIL over the whole trial": {"test_history": "trial"},
+    "sampled": {"eval_sample": True},
+}
+COLUMNS = ("success_ep1", "success_ep2", "success_ep3", "success_ep4", "success_ep5", "mean_success",
+           "goal_after_first_failure", "no_hit")
+
+
+def readings_of(path, num_levels):
+    """{reading: evaluate()'s summary} of one checkpoint on the first `num_levels` held-out levels of its task, and
+    its Args as trained."""
+    trained = grid.Args(num_test_levels=num_levels)
+    agent = grid.load_checkpoint(path, trained, len(grid.MOVES), torch.device("cpu")).eval()
+    levels = grid.task_levels(trained, "test", num_levels)
+    summaries = {}
+    for name, fields in READINGS.items():
+        if "test_history" in fields and not agent.use_memory:
+            continue
+        run = dataclasses.replace(trained, **fields)
+        summaries[name] = grid.summarize(grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu"), run.num_blocks)
+    return trained, summaries
+
+
+def cells(values):
+    return " | ".join(values)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--levels", type=int, default=500, help="held-out levels (the first ones)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "grid_test_readings.md"))
+    args = parser.parse_args()
+    if args.levels < 1:
+        parser.error(f"--levels must be positive, got {args.levels}")
+    missing = [path for path in args.checkpoints if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no checkpoint at {missing[0]}")
+    torch.set_num_threads(1)
+
+    header = ["| checkpoint | agent | task | reading | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first "
+              "failure | no block hit |", "|" + "---|" * (len(COLUMNS) + 4)]
+    rows, by_group = [], defaultdict(list)
+    for path in args.checkpoints:
+        trained, summaries = readings_of(path, args.levels)
+        task = f"W {trained.grid_size}, X {trained.num_blocks}"
+        for reading, summary in summaries.items():
+            rows.append(f"| `{path}` | {trained.agent} | {task} | {reading} | "
+                        + cells(f"{summary[key]:.3f}" for key in COLUMNS) + " |")
+            by_group[trained.agent, task, reading].append([summary[key] for key in COLUMNS])
+            print(rows[-1])
+    means = [f"| {agent} | {task} | {reading} | {len(values)} | "
+             + cells(f"{m:.3f} ± {s:.3f}" for m, s in zip(np.mean(values, 0), np.std(values, 0))) + " |"
+             for (agent, task, reading), values in by_group.items()]
+    out_flag = "" if args.out == parser.get_default("out") else f" --out {os.path.relpath(args.out, ROOT)}"
+    text = "\n".join([
+        "# Gridworld: the test's readings on learned agents", "",
+        f"Made by `python benchmark/grid_test_readings.py {' '.join(args.checkpoints)} --levels {args.levels}{out_flag}`.",
+        "", f"Each checkpoint on the first {args.levels} held-out levels of its own task, empty bank at the start, 5 "
+        "episodes, under each reading. Goal after a first failure: of the levels whose episode 1 missed the goal, the "
+        "share whose episode 2 reached it.", "",
+        "Mean ± sd over the checkpoints of each agent:", "",
+        "| agent | task | reading | checkpoints | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first failure "
+        "| no block hit |", "|" + "---|" * (len(COLUMNS) + 4), *means, "", "Each checkpoint:", "", *header, *rows, "",
+    ])
+    write_doc(Path(args.out), text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
