@@ -828,15 +828,17 @@ class Agent(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # PPO (Appendix A) over whole sequences: the training trials, and at test ppo-finetune's episodes
 # ---------------------------------------------------------------------------------------------
-def compute_gae(rewards, values, gamma, gae_lambda, ends=None):
-    """Advantages and returns of (B, T) sequences whose last step ends them; `ends` (B, T) bool
-    marks more steps after which the return stops (episode ends, with --episodic-gae)."""
+def compute_gae(rewards, values, gamma, gae_lambda, ends=None, last_values=None):
+    """Advantages and returns of (B, T) sequences whose last step ends them, or, given `last_values` (B,),
+    whose return goes on from that value; `ends` (B, T) bool marks more steps after which the return
+    stops (episode ends, with --episodic-gae)."""
     with torch.no_grad():
         advantages = torch.zeros_like(rewards)
         last_gae = torch.zeros_like(rewards[:, 0])
         go_on = torch.ones_like(rewards) if ends is None else 1.0 - ends.to(rewards.dtype)
+        after_last = torch.zeros_like(last_gae) if last_values is None else last_values
         for t in reversed(range(rewards.shape[1])):
-            next_value = values[:, t + 1] * go_on[:, t] if t + 1 < rewards.shape[1] else torch.zeros_like(last_gae)
+            next_value = values[:, t + 1] * go_on[:, t] if t + 1 < rewards.shape[1] else after_last
             delta = rewards[:, t] + gamma * next_value - values[:, t]
             last_gae = delta + gamma * gae_lambda * go_on[:, t] * last_gae
             advantages[:, t] = last_gae
@@ -993,9 +995,12 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
 
 def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=None):
     """PPO-finetune (Sec. 3): on each held-out level, starting from the trained weights, greedy
-    episodes, each followed by PPO on its own steps; the trained weights come back after every
-    level and at the end."""
+    episodes, each followed by PPO on its own steps (advantages not normalised); the trained weights
+    come back after every level and at the end."""
     trained = copy.deepcopy(agent.state_dict())
+    # an update sees one episode: normalised, its advantages would lose their sign, which is all it has to say
+    args = copy.copy(args)
+    args.norm_adv = "off"
     episodes, limit = args.eval_episodes, args.trial_len
     success = np.zeros((len(level_ids), episodes), bool)
     hits = np.full((len(level_ids), episodes), -1)
@@ -1024,11 +1029,18 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
                         steps[key].append(x.cpu())
                     if terminated or truncated:
                         break
+                # the critic learned trial returns: after a block the trial goes on from the level's start, so the
+                # episode's return does too (cut at the block, a success's advantages fall below zero)
+                after = zero
+                if terminated:
+                    start, _ = env.reset(options={"level": int(level)})
+                    _, after = agent.step(torch.as_tensor(start, device=device)[None], zero.long(), zero, zero + 1,
+                                          agent.begin_trial([], 1, limit), 0)
             success[n, k], hits[n, k] = info["success"], info["hit"]
             returns[n] += sum(steps["rewards"]).item()
             episode = {key: torch.stack(x)[None] for key, x in steps.items()}
             advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma,
-                                                      args.gae_lambda)
+                                                      args.gae_lambda, last_values=after.cpu())
             num_steps = episode["actions"].shape[1]
             batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
                          prev_rewards=torch.zeros(1, num_steps), starts=F.pad(torch.ones(1, 1), (0, num_steps - 1)),

@@ -481,6 +481,43 @@ def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeyp
         assert torch.equal(value, trained[key]), key
 
 
+@pytest.mark.parametrize("agent_name", ["ppo-finetune", "ppo-finetune-attn"])
+def test_finetune_returns_go_on_after_a_block_as_the_trial_would(monkeypatch, agent_name):
+    """The critic learned trial returns, where a block is followed by a new episode from the level's start: an
+    episode that ends at a block gets r + gamma V(start) at its last step; one cut by the step limit ends the trial.
+    And an update of one episode keeps its advantages' sign: not normalised, whatever the run's --norm-adv."""
+    torch.manual_seed(0)
+    args = small_args(agent=agent_name, grid_size=4, trial_len=20, eval_episodes=3, gamma=0.9)
+    agent = gf.Agent(args, 4)
+    batches, norms = [], []
+    original = gf.ppo_update
+
+    def recording_update(model, optimizer, update_args, batch, device):
+        batches.append(batch)
+        norms.append(update_args.norm_adv)
+        return original(model, optimizer, update_args, batch, device)
+
+    monkeypatch.setattr(gf, "ppo_update", recording_update)
+    result = gf.evaluate(agent, args, gf.make_levels("test", 4, 4, X), np.arange(4), "cpu")
+    assert args.norm_adv == "minibatch" and set(norms) == {"off"}  # the run's own args are left as they were
+    ended_at_block, success = (result["hits"] >= 0).reshape(-1), result["success"].reshape(-1)
+    assert ended_at_block.any() and not ended_at_block.all() and len(batches) == len(ended_at_block)
+    for batch, at_block, goal in zip(batches, ended_at_block, success):
+        last_reward = gf.GOAL_REWARD if goal else gf.TRAP_REWARD if at_block else 0.0
+        # the episode's first frame is the level's start, valued by the same weights before the update
+        after = args.gamma * batch["values"][0, 0] if at_block else 0.0
+        assert batch["returns"][0, -1].item() == pytest.approx(float(last_reward + after), abs=1e-5)
+
+
+def test_gae_goes_on_from_the_value_given_after_the_last_step():
+    rewards, values = torch.tensor([[0.0, 1.0, 0.0, 5.0]]), torch.tensor([[0.5, 0.2, 0.3, 0.4]])
+    full, _ = gf.compute_gae(rewards, values, 0.9, 0.0)  # TD(0): each step sees one value ahead
+    cut, _ = gf.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0, last_values=values[:, 2])
+    torch.testing.assert_close(cut, full[:, :2])
+    ended, _ = gf.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0)
+    assert ended[0, 1] == pytest.approx(1.0 - 0.2) and cut[0, 1] == pytest.approx(1.0 + 0.9 * 0.3 - 0.2)
+
+
 @pytest.mark.parametrize("norm_adv, moves", [("minibatch", False), ("batch", True)])
 def test_advantage_normalisation_scope(norm_adv, moves):
     """One trial per minibatch, each trial with its own constant advantage: normalised per

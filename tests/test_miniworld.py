@@ -342,9 +342,16 @@ def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeyp
         stats = original(model, optimizer, update_args, batch, device)
         changed.append(any(not torch.equal(p, q) for p, q in zip(before, model.parameters())))
         calls.append(batch["actions"].shape)
+        norms.append(update_args.norm_adv)
         return stats
 
+    def recording_gae(rewards, values, gamma, gae_lambda, ends=None, last_values=None):
+        after.append((rewards.shape[1], float(last_values.sum())))
+        return original_gae(rewards, values, gamma, gae_lambda, ends, last_values)
+
+    norms, after, original_gae = [], [], mw.compute_gae
     monkeypatch.setattr(mw, "ppo_update", counting_update)
+    monkeypatch.setattr(mw, "compute_gae", recording_gae)
     level_sets = {"train": mw.make_levels("train", 2), "test": mw.make_levels("test", 2)}
     envs = mw.MiniworldVector(level_sets, num_envs=2, num_workers=0, obs_size=32, max_episode_steps=20)
     try:
@@ -354,6 +361,9 @@ def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeyp
     assert len(calls) == 2 * 3 and all(changed)  # PPO after every episode of every level
     assert all(shape[0] == 1 and 1 <= shape[1] <= 20 for shape in calls)
     assert result["success"].shape == (2, 3)
+    assert set(norms) == {"off"}  # one episode an update: its advantages keep their sign
+    # an episode cut by the step limit ends the trial; one ended by a touch goes on from the start's value
+    assert all(value == 0 for steps, value in after if steps == 20)
     for key, value in agent.state_dict().items():  # the trained weights are untouched afterwards
         assert torch.equal(value, trained[key]), key
 
@@ -410,6 +420,15 @@ def test_evaluation_reads_only_ended_envs_and_restarts_snail_per_episode(test_hi
     assert reads == expected_reads
     assert restarts == (expected_restarts if test_history == "episode" else [])
     assert result["success"].shape == (3, 3)
+
+
+def test_gae_goes_on_from_the_value_given_after_the_last_step():
+    rewards, values = torch.tensor([[0.0, 1.0, 0.0, 5.0]]), torch.tensor([[0.5, 0.2, 0.3, 0.4]])
+    full, _ = mw.compute_gae(rewards, values, 0.9, 0.0)  # TD(0): each step sees one value ahead
+    cut, _ = mw.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0, last_values=values[:, 2])
+    torch.testing.assert_close(cut, full[:, :2])
+    ended, _ = mw.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0)
+    assert ended[0, 1] == pytest.approx(1.0 - 0.2) and cut[0, 1] == pytest.approx(1.0 + 0.9 * 0.3 - 0.2)
 
 
 def test_episodic_gae_stops_the_return_at_episode_ends():

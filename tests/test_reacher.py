@@ -649,6 +649,15 @@ def test_rollout_matches_the_update_with_the_bank_and_snail_per_episode(levels):
         assert not torch.allclose(trial_history.get_action_and_value(*whole, [view], actions)[3][0], values[0], atol=1e-4)
 
 
+def test_gae_goes_on_from_the_value_given_after_the_last_step():
+    rewards, values = torch.tensor([[0.0, 1.0, 0.0, 5.0]]), torch.tensor([[0.5, 0.2, 0.3, 0.4]])
+    full, _ = rf.compute_gae(rewards, values, 0.9, 0.0)  # TD(0): each step sees one value ahead
+    cut, _ = rf.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0, last_values=values[:, 2])
+    torch.testing.assert_close(cut, full[:, :2])
+    ended, _ = rf.compute_gae(rewards[:, :2], values[:, :2], 0.9, 0.0)
+    assert ended[0, 1] == pytest.approx(1.0 - 0.2) and cut[0, 1] == pytest.approx(1.0 + 0.9 * 0.3 - 0.2)
+
+
 def test_episodic_gae_stops_the_return_at_episode_ends():
     """--episodic-gae: the advantages of a trial with an episode end after step 2 are those of
     its two episodes computed apart; without it the first episode's returns see the second's."""
@@ -723,14 +732,24 @@ def test_finetune_evaluation_trains_per_episode_and_restores_the_weights(monkeyp
         stats = original(model, optimizer, update_args, batch, device)
         changed.append(any(not torch.equal(p, q) for p, q in zip(before, model.parameters())))
         calls.append(batch["actions"].shape)
+        norms.append(update_args.norm_adv)
         return stats
 
+    def recording_gae(rewards, values, gamma, gae_lambda, ends=None, last_values=None):
+        after.append((rewards.shape[1], float(last_values.sum())))
+        return original_gae(rewards, values, gamma, gae_lambda, ends, last_values)
+
+    norms, after, original_gae = [], [], rf.compute_gae
     monkeypatch.setattr(rf, "ppo_update", counting_update)
+    monkeypatch.setattr(rf, "compute_gae", recording_gae)
     envs = SimpleNamespace(level_sets={"test": rf.make_levels("test", 2)})  # all evaluate_finetune reads of them
     result = rf.evaluate(agent, args, envs, np.arange(2), "cpu")
     assert len(calls) == 2 * 3 and all(changed)
     assert all(shape[0] == 1 and 1 <= shape[1] <= 10 for shape in calls)
     assert result["success"].shape == (2, 3)
+    assert set(norms) == {"off"}  # one episode an update: its advantages keep their sign
+    # an episode cut by the step limit ends the trial; one ended by a touch goes on from the start's value
+    assert all(value == 0 for steps, value in after if steps == 10)
     for key, value in agent.state_dict().items():
         assert torch.equal(value, trained[key]), key
 
