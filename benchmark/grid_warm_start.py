@@ -77,7 +77,7 @@ def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
 
     def loss_of(rows):
         # trials are padded to the split's longest; SNAIL is causal, so cutting a batch's padding after its own longest
-        # trial changes no move's log-probability and saves a quarter of the work on W 16
+        # trial changes no move's log-probability and drops about a quarter of the frames on W 16
         length = int(valid[rows].sum(1).max())
         batch_frames, batch_prev_moves, batch_prev_rewards, batch_starts, batch_moves, batch_valid = (
             x[rows, :length] for x in (frames, prev_moves, prev_rewards, starts, moves, valid))
