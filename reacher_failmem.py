@@ -1173,18 +1173,14 @@ def evaluate_finetune(agent, args, envs, level_ids, device, video_path=None):
                         steps[key].append(x.cpu())
                     if terminated or truncated:
                         break
-                # the critic learned trial returns: after an episode's end the trial goes on from the level's start,
-                # so the episode's return does too (cut there, a success's advantages fall below zero)
-                after = zero
-                if terminated:
-                    start, _ = env.reset(options={"level": int(level)})
-                    _, after = agent.step(torch.as_tensor(start, device=device)[None], zero.long(), zero, zero + 1,
-                                          agent.begin_trial([], 1, limit), 0)
             success[n, k], hits[n, k] = info["success"], info["hit"]
             returns[n] += sum(steps["rewards"]).item()
             episode = {key: torch.stack(x)[None] for key, x in steps.items()}
+            # the critic learned trial returns: after an episode's end the trial goes on from the level's start, whose
+            # value is this episode's first (cut there instead, a success's advantages fall below zero)
+            after = episode["values"][:, 0] if terminated else torch.zeros(1)
             advantages, episode_returns = compute_gae(episode["rewards"], episode["values"], args.gamma,
-                                                      args.gae_lambda, last_values=after.cpu())
+                                                      args.gae_lambda, last_values=after)
             num_steps = episode["actions"].shape[1]
             batch = dict(frames=episode["frames"], prev_actions=torch.zeros(1, num_steps, dtype=torch.long),
                          prev_rewards=torch.zeros(1, num_steps), starts=F.pad(torch.ones(1, 1), (0, num_steps - 1)),
