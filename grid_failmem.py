@@ -724,22 +724,33 @@ class Agent(nn.Module):
         self.episode_history = args.train_history == "episode"
         self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
 
-    def embed_memory(self, bank, reader=0):
+    def encode(self, *frame_sets):
+        """CNN(o) of each set of frames (..., H, W, 3), run once per distinct frame across the sets: a gridworld
+        trial comes back to the same cells, and its bank holds frames of its own failed episodes, so most of a
+        minibatch's frames repeat (README, "Each distinct frame once"). A repeated frame's gradient sums its uses."""
+        shape = frame_sets[0].shape[-3:]
+        distinct, inverse = torch.unique(torch.cat([f.reshape(-1, shape.numel()) for f in frame_sets]), dim=0,
+                                         return_inverse=True)
+        features = self.cnn(distinct.view(-1, *shape))[inverse].split([f.shape[:-3].numel() for f in frame_sets])
+        return [x.reshape(*f.shape[:-3], x.shape[-1]) for x, f in zip(features, frame_sets)]
+
+    def embed_memory(self, bank, reader=0, features=None):
         """Sec. 2.1: v_tau for every slot of a BankView -> (B, N, E), and the slots that hold a
-        trajectory. Only filled slots go through the CNN and the Transformer."""
+        trajectory. Only filled slots go through the CNN (or come with their `features`) and the Transformer."""
         frames, actions, rewards, valid = bank.frames, bank.actions, bank.rewards, bank.valid
         slots = valid.any(-1)
         memory = torch.zeros(*slots.shape, self.embed_dim, device=frames.device)
         if slots.any():
-            features = self.cnn(frames[slots])
+            features = self.encode(frames[slots])[0] if features is None else features
             steps = torch.cat(
                 [features, F.one_hot(actions[slots], self.num_actions).float(), rewards[slots, :, None]], -1
             )
             memory[slots] = self.traj_embed[reader](self.step_embed[reader](steps), valid[slots])
         return memory, slots
 
-    def read_banks(self, banks):
-        return [self.embed_memory(bank, i) for i, bank in enumerate(banks[: self.num_readers])]
+    def read_banks(self, banks, features=None):
+        features = features or [None] * self.num_readers
+        return [self.embed_memory(bank, i, f) for i, (bank, f) in enumerate(zip(banks[: self.num_readers], features))]
 
     def trial_input(self, obs_embed, prev_actions, prev_rewards, episode_starts):
         onehot = F.one_hot(prev_actions, self.num_actions).float()
@@ -803,7 +814,10 @@ class Agent(nn.Module):
 
     def get_action_and_value(self, frames, prev_actions, prev_rewards, episode_starts, banks, actions=None):
         """Whole trials (B, T, ...) at once, as the PPO update sees them; each bank a BankView with `visible`."""
-        obs_embed = self.obs_embed(self.cnn(frames))
+        read = banks[: self.num_readers]
+        # one CNN pass over the trials' frames and their banks' filled slots, which hold frames of the same trials
+        obs_features, *bank_features = self.encode(frames, *(bank.frames[bank.valid.any(-1)] for bank in read))
+        obs_embed = self.obs_embed(obs_features)
         if self.name == "ppo-finetune":
             trial_features = obs_embed
         elif self.name == "ppo-finetune-attn":
@@ -817,7 +831,8 @@ class Agent(nn.Module):
             # --train-history episode: SNAIL restarts at each episode (the rollout calls `restart`)
             trial_features = self.snail(x, episode_starts if self.episode_history else None)[:, self.prefix_len :]
         # which slots each step saw, as the bank may grow during the trial
-        memories = [(memory, filled[:, None] & bank.visible) for (memory, filled), bank in zip(self.read_banks(banks), banks)]
+        memories = [(memory, filled[:, None] & bank.visible)
+                    for (memory, filled), bank in zip(self.read_banks(read, bank_features), read)]
         logits, values = self.heads(trial_features, obs_embed, memories, torch.arange(frames.shape[1]))
         dist = Categorical(logits=logits)
         if actions is None:
@@ -1010,7 +1025,7 @@ def evaluate_finetune(agent, args, test_levels, level_ids, device, video_path=No
     generator = test_generator(args, device)
     for n, level in enumerate(level_ids):
         agent.load_state_dict(trained)
-        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
         for k in range(episodes):
             obs, _ = env.reset(options={"level": int(level)})
             steps = dict(frames=[], actions=[], logprobs=[], values=[], rewards=[])
@@ -1428,7 +1443,7 @@ if __name__ == "__main__":
     agent = Agent(args, num_actions).to(device)
     if initial_weights is not None:
         agent.load_state_dict(initial_weights)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # one kernel: 5x faster a step on a CPU
     print(f"{run_name}: {sum(p.numel() for p in agent.parameters()):,} parameters, {args.num_iterations} updates, "
           f"on {device}")
 
@@ -1465,8 +1480,11 @@ if __name__ == "__main__":
             for t in range(args.trial_len):
                 frames_buf[:, t] = torch.from_numpy(frames)
                 prev_actions_buf[:, t], prev_rewards_buf[:, t], starts_buf[:, t] = prev_actions, prev_rewards, starts
-                seen = [(memory, filled & torch.as_tensor(tm.visible(num_slots, [t])[:, 0], device=device))
-                        for (memory, filled), tm in zip(memories, trial_memories)]
+                seen = []
+                for (memory, filled), tm in zip(memories, trial_memories):
+                    used = max(1, max(map(len, tm.slots)))  # no env has stored past this slot: the rest is not read
+                    visible = torch.as_tensor(tm.visible(used, [t])[:, 0], device=device)
+                    seen.append((memory[:, :used], filled[:, :used] & visible))
                 logits, value = agent.step(
                     frames_buf[:, t].to(device), prev_actions.to(device), prev_rewards.to(device),
                     starts.to(device), (cache, seen), t,
@@ -1483,6 +1501,7 @@ if __name__ == "__main__":
                 if agent.episode_history and done.any():
                     agent.snail.restart(cache, torch.as_tensor(np.flatnonzero(done), device=device), t + 1)
                 if args.mem_update == "episode":  # the episode enters the bank now, seen from the next step
+                    stored = [[] for _ in banks]  # (env, slot) of each episode stored, per bank
                     for env in np.flatnonzero(done):
                         index = bank_for(args.agent, info["success"][env])
                         if index is None:
@@ -1490,10 +1509,14 @@ if __name__ == "__main__":
                         steps = slice(episode_begin[env], t + 1)
                         slot = trial_memories[index].store(env, t, frames_buf[env, steps].numpy(),
                                                            actions_buf[env, steps].numpy(), rewards_buf[env, steps].numpy())
-                        stored = BankView(*(torch.as_tensor(x, device=device)[None, None]
-                                            for x in trial_memories[index].slots[env][slot]))
-                        vectors, filled = memories[index]
-                        vectors[env, slot], filled[env, slot] = agent.embed_memory(stored, index)[0][0, 0], True
+                        stored[index].append((env, slot))
+                    for index, (tm, entries) in enumerate(zip(trial_memories, stored)):
+                        if entries:  # Sec. 2.1 for the step's new trajectories, in one batch
+                            env_ids, slot_ids = map(list, zip(*entries))
+                            new = BankView(*(torch.as_tensor(np.stack(x), device=device)[:, None]
+                                             for x in zip(*(tm.slots[env][slot] for env, slot in entries))))
+                            vectors, filled = memories[index]
+                            vectors[env_ids, slot_ids], filled[env_ids, slot_ids] = agent.embed_memory(new, index)[0][:, 0], True
                 episode_begin[done] = t + 1
         global_step += args.batch_size
 

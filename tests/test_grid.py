@@ -321,6 +321,31 @@ def small_args(**overrides):
     return gf.Args(**{**small, **overrides})
 
 
+def test_encode_runs_the_cnn_once_per_distinct_frame_with_the_same_features_and_gradients():
+    """The trials' frames and their banks' go through the CNN together, each distinct frame once; features and
+    the CNN's gradients are those of running it on every frame."""
+    torch.manual_seed(0)
+    agent = gf.Agent(small_args(), 4)
+    distinct = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8)
+    trials = distinct[torch.tensor([[0, 1, 1, 0, 2, 2, 2], [3, 3, 0, 1, 1, 3, 3]])]  # frames repeat within trials
+    bank = distinct[torch.tensor([[[0, 1], [2, 2]], [[3, 3], [4, 4]]])]  # and a bank repeats its trial's
+    sizes, cnn_forward = [], agent.cnn.forward
+    agent.cnn.forward = lambda frames: sizes.append(len(frames)) or cnn_forward(frames)
+    encoded = agent.encode(trials, bank)
+    assert sizes == [5]
+    expected = [cnn_forward(trials.flatten(0, 1)).view(2, 7, -1), cnn_forward(bank.flatten(0, 2)).view(2, 2, 2, -1)]
+    weights = [torch.randn_like(x) for x in expected]
+    gradients = []
+    for outputs in (encoded, expected):
+        assert [x.shape for x in outputs] == [x.shape for x in expected]
+        agent.zero_grad()
+        sum((w * x).sum() for w, x in zip(weights, outputs)).backward()
+        gradients.append([p.grad.clone() for p in agent.cnn.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(encoded, expected))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*gradients))
+    assert agent.encode(trials, bank[:0])[1].shape == (0, 2, 2, agent.cnn.out_dim)  # no filled slot
+
+
 @pytest.mark.parametrize("time_aware", [False, True])
 @pytest.mark.parametrize("agent_name", gf.AGENTS)
 def test_step_mode_matches_whole_trial(agent_name, time_aware):
