@@ -3,16 +3,20 @@
   (a) the batched env with random actions (every env in one numpy call)
   (b) a per-env Python loop over the single gymnasium env (how a mazelab env is stepped)
   (c) rollout inference: the memory agent's step (cached CNN, SNAIL cache, bank read) + env
-  (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it,
-      and how its time splits between the rollout and the PPO update
-  (e) where an update's time goes: forward + backward of one minibatch through each part, in CPU time
-  (f) the bound it sets: the training SPS no faster remainder could pass while the CNN over the
-      trials' frames costs what (e) measured, against the 3,000 SPS goal
-(c)-(e) for two networks side by side, so their ratio shares the machine's state: the paper's
-sizes (IMPALA CNN with 2 residual blocks a stage, SNAIL of two TC + attention pairs of 32) and
-grid_failmem.py's defaults (the lean network: no residual blocks, one pair of 16).
+  (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it, and how its
+      time splits between the rollout and the PPO update; at the default PPO batch (8 epochs of 4-trial
+      minibatches) and at the paper's (4 epochs of 12), and with `--before REV` the same for grid_failmem.py
+      as it was at git revision REV, the runs alternating so that both see the same machine
+  (e) where an update's time goes: forward + backward of one minibatch through each part, in CPU time, on
+      random-walk trials (a trial comes back to its cells, and its bank holds its own frames: the CNN runs
+      once per distinct frame, `Agent.encode`)
+  (f) the bound it sets: the training SPS no faster remainder could pass while the CNN costs what (e)
+      measured, against the 3,000 SPS goal
+(c)-(e) for two networks side by side: the paper's sizes (IMPALA CNN with 2 residual blocks a stage,
+SNAIL of two TC + attention pairs of 32) and grid_failmem.py's defaults (the lean network: no residual
+blocks, one pair of 16).
 
-    python benchmark/grid_throughput.py [--obs-size 16] [--threads 1]
+    python benchmark/grid_throughput.py [--obs-size 16] [--threads 1] [--before REV]
 
 Writes docs/grid_throughput_obs{N}_threads{K}.md.
 """
@@ -20,6 +24,7 @@ Writes docs/grid_throughput_obs{N}_threads{K}.md.
 import argparse
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,10 @@ NETWORKS = {  # name -> flags on grid_failmem.py's defaults
               "--snail-filters", "32"],
     "lean": [],
 }
+BATCHES = {  # name -> PPO flags on grid_failmem.py's defaults
+    "default batch": [],
+    "paper's batch": ["--update-epochs", "4", "--trials-per-minibatch", "12"],
+}
 
 
 def main():
@@ -45,7 +54,9 @@ def main():
     parser.add_argument("--num-envs", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3, help="training updates timed in (d)")
+    parser.add_argument("--before", help="a git revision: (d) for the lean network also runs grid_failmem.py as it was there")
     args = parser.parse_args()
+    before = checkout(args.before) if args.before else None
     torch.set_num_threads(args.threads)
     defaults = gf.Args()  # the task of grid_failmem.py's defaults
     grid, blocks = defaults.grid_size, defaults.num_blocks
@@ -73,29 +84,38 @@ def main():
         for _ in range(8):
             bank.add(level, rng.integers(0, 256, (6, args.obs_size, args.obs_size, 3), np.uint8),
                      rng.integers(4, size=6), np.full(6, -1.0, np.float32))
-    results = {name: network(args, flags, envs, bank) for name, flags in NETWORKS.items()}
+    results = {name: network(args, flags, envs, bank, levels, before if name == "lean" else None)
+               for name, flags in NETWORKS.items()}
 
     rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env)]
     for name, result in results.items():
-        rows += [(f"(c) rollout inference, memory agent + env, {name}", result["inference"]),
-                 (f"(d) training (rollout + PPO), {name}", result["training"])]
+        rows.append((f"(c) rollout inference, memory agent + env, {name}", result["inference"]))
+        rows += [(f"(d) training (rollout + PPO), {name}, {batch}", r[0]) for batch, r in result["training"].items()]
+        rows += [(f"(d) training (rollout + PPO), {name}, {batch}, at {args.before}", r[0])
+                 for batch, r in result.get("before", {}).items()]
     paper, lean = results.values()
     trials = gf.Args().trials_per_minibatch
+    ratios = [f"{batch}: training {lean['training'][batch][0] / paper['training'][batch][0]:.2f}x" for batch in BATCHES]
+    speedups = [f"{batch} {lean['training'][batch][0] / lean['before'][batch][0]:.2f}x" for batch in BATCHES
+                ] if before else []
     text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
-            f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}` "
+            f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}"
+            + (f" --before {args.before}" if args.before else "") + f"` "
             f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}. "
             f"The task of grid_failmem.py's defaults ({grid} x {grid} grid, {blocks} blocks); the memory agent with its "
             "defaults but the network: "
-            + "; ".join(f"{name}: `{' '.join(flags)}`" for name, flags in NETWORKS.items()) + ".", "",
+            + "; ".join(f"{name}: `{' '.join(flags)}`" for name, flags in NETWORKS.items()) + "; the PPO batch: "
+            + "; ".join(f"{name}: `{' '.join(flags)}`" for name, flags in BATCHES.items()) + ".", "",
             "| what | env steps / s |", "|---|---|", *[f"| {name} | {value:,.0f} |" for name, value in rows], "",
-            f"(a)/(b) = {batched / per_env:.1f}. Lean / paper: training {lean['training'] / paper['training']:.2f}x, "
+            f"(a)/(b) = {batched / per_env:.1f}. Lean / paper: {', '.join(ratios)}, "
             f"rollout inference {lean['inference'] / paper['inference']:.2f}x; "
-            f"parameters {paper['parameters']:,} (paper) and {lean['parameters']:,} (lean).", "",
-            *[f"(d) {name}, per update of {80 * args.num_envs:,} steps: rollout {r['rollout_s']:.2f} s, "
-              f"PPO update {r['update_s']:.2f} s ({gf.Args().update_epochs} epochs x {args.num_envs // trials} "
-              f"minibatches of {trials} trials)." for name, r in results.items()], "",
-            f"(e) one minibatch ({trials} trials x 80 steps, every bank full), forward + backward, CPU ms (process "
-            "time, which a run sharing the cores inflates much less than wall time):", "",
+            f"parameters {paper['parameters']:,} (paper) and {lean['parameters']:,} (lean)."
+            + (f" Lean, now / at {args.before}: {', '.join(speedups)}." if before else ""), "",
+            *[f"(d) {name}, {batch}, per update of {80 * args.num_envs:,} steps: rollout {r[1]:.2f} s, PPO update "
+              f"{r[2]:.2f} s." for name, result in results.items() for batch, r in result["training"].items()], "",
+            f"(e) one minibatch ({trials} trials x 80 steps of a random walk, each bank 8 trajectories of 6 steps of its "
+            f"trial), forward + backward, CPU ms (process time, which a run sharing the cores inflates much less "
+            f"than wall time); {lean['distinct']:.0%} of the minibatch's frames are distinct:", "",
             f"| part | {' | '.join(results)} |", "|---|---|---|",
             *[f"| {part} | {paper['parts'][part]:.1f} | {lean['parts'][part]:.1f} |" for part in paper["parts"]], "",
             *floor(lean, args.num_envs, trials), ""]
@@ -104,8 +124,43 @@ def main():
     print("\n".join(text))
 
 
-def network(args, flags, envs, bank):
-    """(c), (d), (e) for the memory agent built with `flags` on top of grid_failmem.py's defaults."""
+def checkout(revision):
+    """grid_failmem.py and common.py as they were at `revision`, in a directory of their own."""
+    directory = Path(tempfile.mkdtemp(prefix=f"grid_{revision}_"))
+    for name in ("grid_failmem.py", "common.py"):
+        text = subprocess.run(["git", "show", f"{revision}:{name}"], cwd=ROOT, capture_output=True, text=True, check=True)
+        (directory / name).write_text(text.stdout)
+    return directory
+
+
+def train(args, flags, script_dir=ROOT):
+    """(training SPS, rollout s, update s) of grid_failmem.py (from `script_dir`) run for `args.updates` updates."""
+    command = [sys.executable, str(script_dir / "grid_failmem.py"), "--obs-size", str(args.obs_size), "--num-envs",
+               str(args.num_envs), "--threads", str(args.threads), "--total-timesteps",
+               str(args.updates * 80 * args.num_envs), "--eval-every", "0",
+               "--num-test-levels", "1", "--exp-name", "throughput", *flags]
+    with tempfile.TemporaryDirectory() as cwd:
+        return last_update(subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout)
+
+
+def random_walk_trials(levels, trials, grid, obs_size, seed=0):
+    """Frames (trials, 80, H, W, 3) of random walks on `levels`, and each trial's bank as a BankView: the 6 frames
+    before 8 of its steps, as its failed episodes would leave them."""
+    rng = np.random.default_rng(seed)
+    envs = gf.BatchedGridWorld(levels, trials, grid, obs_size, 80)
+    frames = [envs.set_levels(np.arange(trials))]
+    for _ in range(79):
+        frames.append(envs.step(rng.integers(4, size=trials))[0])
+    frames = torch.from_numpy(np.stack(frames, 1))
+    stored = torch.stack([frames[:, end - 6 : end] for end in range(6, 78, 9)], 1)  # (trials, 8, 6, H, W, 3)
+    bank = gf.BankView(stored, torch.from_numpy(rng.integers(4, size=stored.shape[:3])), -torch.ones(stored.shape[:3]),
+                       torch.ones(stored.shape[:3], dtype=torch.bool), torch.ones(trials, 80, 8, dtype=torch.bool))
+    return frames, bank
+
+
+def network(args, flags, envs, bank, levels, before=None):
+    """(c), (d), (e) for the memory agent built with `flags` on top of grid_failmem.py's defaults; (d) also for
+    the script in `before`, alternating with today's."""
     import tyro
 
     agent_args = tyro.cli(gf.Args, args=["--obs-size", str(args.obs_size), *flags])
@@ -124,20 +179,18 @@ def network(args, flags, envs, bank):
             starts = torch.from_numpy(terminated | truncated).float()
 
     inference = rate(trial, 80 * args.num_envs, seconds=10.0)
-
-    command = [sys.executable, str(ROOT / "grid_failmem.py"), "--obs-size", str(args.obs_size), "--num-envs",
-               str(args.num_envs), "--threads", str(args.threads), "--total-timesteps",
-               str(args.updates * 80 * args.num_envs), "--eval-every", "0",
-               "--num-test-levels", "1", "--exp-name", "throughput", *flags]
-    out = subprocess.run(command, cwd="/tmp", capture_output=True, text=True, check=True).stdout
-    training, rollout_s, update_s = last_update(out)
+    training, earlier = {}, {}
+    for batch, batch_flags in BATCHES.items():
+        if before is not None:
+            earlier[batch] = train(args, [*flags, *batch_flags], before)
+        training[batch] = train(args, [*flags, *batch_flags])
 
     # (e) one minibatch of the update, forward + backward, part by part (the memory agent, full banks)
     trials = agent_args.trials_per_minibatch
-    frames = torch.randint(0, 256, (trials, 80, args.obs_size, args.obs_size, 3), dtype=torch.uint8)
+    frames, trial_bank = random_walk_trials(levels, trials, gf.Args().grid_size, args.obs_size)
+    every_frame = torch.cat([frames.flatten(0, 1), trial_bank.frames.flatten(0, 2)])
     zeros = torch.zeros(trials, 80)
     actions = torch.zeros(trials, 80, dtype=torch.long)
-    banks = [x._replace(visible=torch.ones(trials, 80, 8, dtype=torch.bool)) for x in gf.bank_tensors([bank], range(trials), "cpu")]
     snail_in = torch.randn(trials, 80, agent.snail.layers[0].convs[0].in_channels)
 
     def backward(loss):
@@ -145,32 +198,36 @@ def network(args, flags, envs, bank):
         agent.zero_grad()
 
     parts = [
-        ("CNN over the trials' frames", lambda: backward(agent.cnn(frames).sum())),
-        ("bank: CNN + trajectory Transformer", lambda: backward(agent.read_banks(banks)[0][0].sum())),
+        ("CNN over the trials' and banks' frames, every frame", lambda: backward(agent.cnn(every_frame).sum())),
+        ("the same, each distinct frame once (Agent.encode)",
+         lambda: backward(sum(x.sum() for x in agent.encode(frames, trial_bank.frames)))),
+        ("bank: trajectory Transformer", lambda: backward(agent.read_banks([trial_bank], [agent.encode(
+            trial_bank.frames)[0].detach().flatten(0, 1)])[0][0].sum())),
         ("SNAIL over the trials", lambda: backward(agent.snail(snail_in).sum())),
         ("the whole agent (get_action_and_value)",
-         lambda: backward(agent.get_action_and_value(frames, actions, zeros, zeros, banks, actions)[1].sum())),
+         lambda: backward(agent.get_action_and_value(frames, actions, zeros, zeros, [trial_bank], actions)[1].sum())),
     ]
-    return dict(inference=inference, training=training, rollout_s=rollout_s, update_s=update_s,
-                parameters=sum(p.numel() for p in agent.parameters()),
-                parts={name: cpu_ms(fn) for name, fn in parts})
+    result = dict(inference=inference, training=training, parameters=sum(p.numel() for p in agent.parameters()),
+                  distinct=len(torch.unique(every_frame.flatten(1), dim=0)) / len(every_frame),
+                  parts={name: cpu_ms(fn) for name, fn in parts})
+    return dict(result, before=earlier) if before is not None else result
 
 
 def floor(lean, num_envs, trials, goal=3000):
-    """(f): an update is epochs x minibatches of (e)'s whole agent; its CNN over the trials' frames alone bounds
+    """(f): an update is epochs x minibatches of (e)'s whole agent; its CNN, once per distinct frame, alone bounds
     the training SPS, whatever the rest costs."""
     epochs, minibatches = gf.Args().update_epochs, num_envs // trials
     batch, passes = 80 * num_envs, epochs * minibatches
-    cnn_ms = lean["parts"]["CNN over the trials' frames"]
+    cnn_ms = lean["parts"]["the same, each distinct frame once (Agent.encode)"]
     whole_ms = lean["parts"]["the whole agent (get_action_and_value)"]
     budget_ms = batch / goal / passes * 1000.0  # even with a free rollout
-    return [f"(f) lean: an update makes {passes} passes ({epochs} epochs x {minibatches} minibatches). Were the "
-            f"CNN over the trials' frames ({cnn_ms:.1f} ms a pass) all it cost, training could not pass "
+    return [f"(f) lean, default batch: an update makes {passes} passes ({epochs} epochs x {minibatches} minibatches). "
+            f"Were the CNN ({cnn_ms:.1f} ms a pass, each distinct frame once) all it cost, training could not pass "
             f"{batch / (passes * cnn_ms / 1000.0):,.0f} SPS; with the whole agent ({whole_ms:.1f} ms a pass, full "
             f"banks) and a free rollout, {batch / (passes * whole_ms / 1000.0):,.0f}. {goal:,} SPS leaves "
             f"{budget_ms:.1f} ms a pass with a free rollout, "
-            + ("less than the CNN alone: the goal needs a cheaper encoder or fewer passes over each sample, not "
-               "faster small ops." if budget_ms < cnn_ms else
+            + ("less than the CNN alone: at this batch the goal needs a cheaper encoder or fewer passes over each "
+               "sample, not faster small ops." if budget_ms < cnn_ms else
                f"{budget_ms - cnn_ms:.1f} ms for everything but the CNN.")]
 
 

@@ -317,14 +317,34 @@ def test_colour_bias_counts_each_episodes_hits_by_palette_colour(tmp_path):
 def test_throughput_floor_is_the_steps_of_an_update_over_its_passes_of_the_cnn():
     from grid_throughput import floor
 
-    lean = dict(parts={"CNN over the trials' frames": 16.0, "the whole agent (get_action_and_value)": 40.0})
+    cnn = "the same, each distinct frame once (Agent.encode)"
+    lean = dict(parts={cnn: 16.0, "the whole agent (get_action_and_value)": 40.0})
     line = floor(lean, num_envs=48, trials=4)[0]  # 8 epochs x 12 minibatches, 3,840 steps an update
     assert "96 passes" in line
     assert "could not pass 2,500 SPS" in line  # 3,840 / (96 x 0.016 s)
     assert "and a free rollout, 1,000" in line  # 3,840 / (96 x 0.040 s)
     assert "13.3 ms a pass" in line and "less than the CNN alone" in line
-    cheap = dict(parts={"CNN over the trials' frames": 5.0, "the whole agent (get_action_and_value)": 12.0})
+    cheap = dict(parts={cnn: 5.0, "the whole agent (get_action_and_value)": 12.0})
     assert "8.3 ms for everything but the CNN" in floor(cheap, num_envs=48, trials=4)[0]
+
+
+def test_throughput_minibatch_banks_hold_their_own_trials_frames_and_checkout_reads_a_revision():
+    import subprocess
+
+    import grid_failmem as grid
+    import torch
+    from grid_throughput import ROOT, checkout, random_walk_trials
+
+    levels = grid.make_levels("train", 4, 8, 2)
+    frames, bank = random_walk_trials(levels, 3, 8, 16)
+    assert frames.shape == (3, 80, 16, 16, 3) and bank.frames.shape == (3, 8, 6, 16, 16, 3)
+    assert bank.valid.all() and bank.visible.shape == (3, 80, 8)
+    for slot, end in enumerate(range(6, 78, 9)):
+        assert torch.equal(bank.frames[:, slot], frames[:, end - 6 : end])
+    assert len(torch.unique(frames.flatten(0, 1).flatten(1), dim=0)) < 3 * 80  # a random walk comes back to its cells
+    directory = checkout("HEAD")
+    committed = subprocess.run(["git", "show", "HEAD:common.py"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert (directory / "common.py").read_text() == committed and (directory / "grid_failmem.py").exists()
 
 
 def test_cpu_ms_counts_the_processor_time_of_a_call_not_the_time_asleep():
