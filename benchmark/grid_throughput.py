@@ -6,7 +6,9 @@
   (d) training: grid_failmem.py itself for a few updates (rollout + PPO), SPS as it prints it, and how its
       time splits between the rollout and the PPO update; at the default PPO batch (8 epochs of 4-trial
       minibatches) and at the paper's (4 epochs of 12), and with `--before REV` the same for grid_failmem.py
-      as it was at git revision REV, the runs alternating so that both see the same machine
+      as it was at git revision REV, the runs alternating so that both see the same machine; with
+      `--init-from CHECKPOINT` the lean network's runs start from a trained agent's weights (late training:
+      its trials come back to the same cells more often, and fail less)
   (e) where an update's time goes: forward + backward of one minibatch through each part, in CPU time, on
       random-walk trials (a trial comes back to its cells, and its bank holds its own frames: the CNN runs
       once per distinct frame, `Agent.encode`)
@@ -16,9 +18,9 @@
 SNAIL of two TC + attention pairs of 32) and grid_failmem.py's defaults (the lean network: no residual
 blocks, one pair of 16).
 
-    python benchmark/grid_throughput.py [--obs-size 16] [--threads 1] [--before REV]
+    python benchmark/grid_throughput.py [--obs-size 16] [--threads 1] [--before REV] [--init-from CHECKPOINT]
 
-Writes docs/grid_throughput_obs{N}_threads{K}.md.
+Writes docs/grid_throughput_obs{N}_threads{K}.md (with --init-from: ..._trained.md).
 """
 
 import argparse
@@ -55,8 +57,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--updates", type=int, default=3, help="training updates timed in (d)")
     parser.add_argument("--before", help="a git revision: (d) for the lean network also runs grid_failmem.py as it was there")
+    parser.add_argument("--init-from", help="a lean memory agent's checkpoint on the default task: (d) for the lean "
+                        "network starts from its weights")
     args = parser.parse_args()
     before = checkout(args.before) if args.before else None
+    trained = ["--init-from", str(Path(args.init_from).resolve())] if args.init_from else []
     torch.set_num_threads(args.threads)
     defaults = gf.Args()  # the task of grid_failmem.py's defaults
     grid, blocks = defaults.grid_size, defaults.num_blocks
@@ -84,7 +89,7 @@ def main():
         for _ in range(8):
             bank.add(level, rng.integers(0, 256, (6, args.obs_size, args.obs_size, 3), np.uint8),
                      rng.integers(4, size=6), np.full(6, -1.0, np.float32))
-    results = {name: network(args, flags, envs, bank, levels, before if name == "lean" else None)
+    results = {name: network(args, flags, envs, bank, levels, *((before, trained) if name == "lean" else (None, [])))
                for name, flags in NETWORKS.items()}
 
     rows = [("(a) batched env, random actions", batched), ("(b) per-env loop over GridWorld", per_env)]
@@ -100,7 +105,8 @@ def main():
                 ] if before else []
     text = [f"# Gridworld throughput, obs {args.obs_size}x{args.obs_size}", "",
             f"Made by `python benchmark/grid_throughput.py --obs-size {args.obs_size} --threads {args.threads}"
-            + (f" --before {args.before}" if args.before else "") + f"` "
+            + (f" --before {args.before}" if args.before else "")
+            + (f" --init-from {args.init_from}" if args.init_from else "") + f"` "
             f"on {cpu_name()}, {args.threads} torch threads, {args.num_envs} envs, torch {torch.__version__}. "
             f"The task of grid_failmem.py's defaults ({grid} x {grid} grid, {blocks} blocks); the memory agent with its "
             "defaults but the network: "
@@ -120,7 +126,8 @@ def main():
             *[f"| {part} | {paper['parts'][part]:.1f} | {lean['parts'][part]:.1f} |" for part in paper["parts"]], "",
             *floor(lean, args.num_envs, trials), ""]
     (ROOT / "docs").mkdir(exist_ok=True)
-    write_doc(ROOT / "docs" / f"grid_throughput_obs{args.obs_size}_threads{args.threads}.md", "\n".join(text))
+    name = f"grid_throughput_obs{args.obs_size}_threads{args.threads}{'_trained' if args.init_from else ''}.md"
+    write_doc(ROOT / "docs" / name, "\n".join(text))
     print("\n".join(text))
 
 
@@ -158,9 +165,9 @@ def random_walk_trials(levels, trials, grid, obs_size, seed=0):
     return frames, bank
 
 
-def network(args, flags, envs, bank, levels, before=None):
+def network(args, flags, envs, bank, levels, before=None, trained=()):
     """(c), (d), (e) for the memory agent built with `flags` on top of grid_failmem.py's defaults; (d) also for
-    the script in `before`, alternating with today's."""
+    the script in `before`, alternating with today's, both from the weights `trained` names (flags) if any."""
     import tyro
 
     agent_args = tyro.cli(gf.Args, args=["--obs-size", str(args.obs_size), *flags])
@@ -182,8 +189,8 @@ def network(args, flags, envs, bank, levels, before=None):
     training, earlier = {}, {}
     for batch, batch_flags in BATCHES.items():
         if before is not None:
-            earlier[batch] = train(args, [*flags, *batch_flags], before)
-        training[batch] = train(args, [*flags, *batch_flags])
+            earlier[batch] = train(args, [*flags, *batch_flags, *trained], before)
+        training[batch] = train(args, [*flags, *batch_flags, *trained])
 
     # (e) one minibatch of the update, forward + backward, part by part (the memory agent, full banks)
     trials = agent_args.trials_per_minibatch

@@ -484,22 +484,19 @@ def test_train_then_eval_only(agent, tmp_path):
     # test room then renders in this process beside them), the others in their own process
     workers = ["--num-workers", "2" if agent in ("memory", "ppo-finetune-attn") else "0"]
     flags = [*TINY, *workers, "--agent", agent, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
-    train = run_script(*flags)
+    train = run_script(*flags, cwd=tmp_path)  # its runs/ and the evaluation's in tmp_path, not the repository
     assert train.returncode == 0, train.stderr[-3000:]
     assert "update 2/2" in train.stdout
     checkpoint = next(line.split()[-1] for line in train.stdout.splitlines() if line.startswith("checkpoint:"))
-    checkpoint = os.path.join(ROOT, checkpoint)
+    checkpoint = os.path.join(tmp_path, checkpoint)
     assert os.path.isfile(checkpoint)
     if agent == "memory":
         assert " 0 trajectories" not in train.stdout.splitlines()[-10]  # failures reached the bank
-    evaluation = run_script(*TINY, *workers, "--eval-only", "--checkpoint", checkpoint)
+    evaluation = run_script(*TINY, *workers, "--eval-only", "--checkpoint", checkpoint, cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert "2 held-out levels" in evaluation.stdout and "bayes-optimal" in evaluation.stdout
     success_row = next(line for line in evaluation.stdout.splitlines() if line.startswith("success "))
     assert len(success_row.split()) == 4  # 2 episodes and the mean
-    import shutil
-
-    shutil.rmtree(os.path.dirname(checkpoint))
 
 
 @pytest.mark.parametrize(
