@@ -198,6 +198,7 @@ def network(args, flags, envs, bank, levels, before=None, trained=()):
     every_frame = torch.cat([frames.flatten(0, 1), trial_bank.frames.flatten(0, 2)])
     zeros = torch.zeros(trials, 80)
     actions = torch.zeros(trials, 80, dtype=torch.long)
+    bank_features = agent.encode(trial_bank.frames)[0].detach().flatten(0, 1)  # every slot filled: its CNN features
     snail_in = torch.randn(trials, 80, agent.snail.layers[0].convs[0].in_channels)
 
     def backward(loss):
@@ -208,8 +209,7 @@ def network(args, flags, envs, bank, levels, before=None, trained=()):
         ("CNN over the trials' and banks' frames, every frame", lambda: backward(agent.cnn(every_frame).sum())),
         ("the same, each distinct frame once (Agent.encode)",
          lambda: backward(sum(x.sum() for x in agent.encode(frames, trial_bank.frames)))),
-        ("bank: trajectory Transformer", lambda: backward(agent.read_banks([trial_bank], [agent.encode(
-            trial_bank.frames)[0].detach().flatten(0, 1)])[0][0].sum())),
+        ("bank: trajectory Transformer", lambda: backward(agent.read_banks([trial_bank], [bank_features])[0][0].sum())),
         ("SNAIL over the trials", lambda: backward(agent.snail(snail_in).sum())),
         ("the whole agent (get_action_and_value)",
          lambda: backward(agent.get_action_and_value(frames, actions, zeros, zeros, [trial_bank], actions)[1].sum())),
