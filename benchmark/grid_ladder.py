@@ -61,6 +61,8 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
     "const-lr": ["--no-anneal-lr"],
     "envs16": ["--num-envs", "16"],
     "envs24": ["--num-envs", "24"],
+    "envs240": ["--num-envs", "240", "--trials-per-minibatch", "20", "--eval-every", "10"],
+    "envs480": ["--num-envs", "480", "--trials-per-minibatch", "40", "--eval-every", "5"],
     "epochs2": ["--update-epochs", "2"],
     "epochs8": ["--update-epochs", "8"],
     "epochs16": ["--update-epochs", "16"],
@@ -76,6 +78,8 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
     "mem-episode": ["--mem-update", "episode"],
     "lr2.5e-4": ["--learning-rate", "2.5e-4"],
     "target-kl0.02": ["--target-kl", "0.02"],
+    "target-kl0.01": ["--target-kl", "0.01"],
+    "ent0": ["--ent-coef", "0"],
     "trial-history": ["--test-history", "trial"],
     "ep-history": ["--train-history", "episode"],
     "snail": ["--agent", "snail"],
@@ -131,7 +135,9 @@ def runs_of(args, lever):
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever, args.name)}__*__{seed}__*")))
         # runs from before the doc name was part of the run's name
         runs = runs or sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
-        short_by = args.total_timesteps if args.stopped else 80 * 48  # at most one update short, or any
+        flags = lever_flags(lever)
+        num_envs = int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else 48
+        short_by = args.total_timesteps if args.stopped else 80 * num_envs  # at most one update short, or any
         runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < short_by]
         if runs:
             found.append(runs[-1])
