@@ -76,6 +76,24 @@ def test_ladder_levers_join_in_order_and_runs_of_each_doc_keep_apart():
     assert len(names) == 3 and grid_ladder.exp_name("L1", "a+b") == "ladder_L1_a_b"
 
 
+def test_ladder_finds_a_run_one_update_short_of_its_budget_at_the_levers_batch(tmp_path, monkeypatch):
+    import argparse
+
+    import grid_ladder
+
+    # a 480-env run of 3M steps logs its last update at 2,995,200 (78 updates of 38,400 steps), 4,800 short
+    budget, steps = 3_000_000, {"a": 2_995_200, "b": 2_995_200 - 38_400}
+    monkeypatch.setattr(grid_ladder, "ROOT", tmp_path)
+    monkeypatch.setattr(grid_ladder, "last_step", lambda run: steps[run.rsplit("__", 1)[1]])
+    for seed, tail in ((1, "a"), (2, "b")):
+        (tmp_path / "runs" / f"grid__ladder_L2_x_envs480__ppo-finetune__{seed}__{tail}").mkdir(parents=True)
+        (tmp_path / "runs" / f"grid__ladder_L2_x_defaults__ppo-finetune__{seed}__{tail}").mkdir(parents=True)
+    args = argparse.Namespace(rung="L2", name="x", seeds=[1, 2], total_timesteps=budget, stopped=False)
+    assert [run[-1] for run in grid_ladder.runs_of(args, "envs480")] == ["a"]  # one update short, not two
+    assert grid_ladder.runs_of(args, "defaults") == []  # at 48 envs, 4,800 steps short is more than an update
+    assert len(grid_ladder.runs_of(argparse.Namespace(**{**vars(args), "stopped": True}), "defaults")) == 2
+
+
 def test_episode_rise_is_later_episodes_minus_the_first_averaged_over_evaluations():
     import grid_ladder
 
