@@ -78,8 +78,6 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
     "mem-episode": ["--mem-update", "episode"],
     "lr2.5e-4": ["--learning-rate", "2.5e-4"],
     "target-kl0.02": ["--target-kl", "0.02"],
-    "target-kl0.01": ["--target-kl", "0.01"],
-    "ent0": ["--ent-coef", "0"],
     "trial-history": ["--test-history", "trial"],
     "ep-history": ["--train-history", "episode"],
     "snail": ["--agent", "snail"],
@@ -136,7 +134,7 @@ def runs_of(args, lever):
         # runs from before the doc name was part of the run's name
         runs = runs or sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
         flags = lever_flags(lever)
-        num_envs = int(flags[flags.index("--num-envs") + 1]) if "--num-envs" in flags else 48
+        num_envs = next((int(v) for f, v in zip(flags[-2::-1], flags[::-1]) if f == "--num-envs"), 48)  # the last wins
         short_by = args.total_timesteps if args.stopped else 80 * num_envs  # at most one update short, or any
         runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < short_by]
         if runs:
