@@ -128,14 +128,12 @@ def main():
 def runs_of(args, lever):
     """The latest finished run of each seed of a lever with this budget (the same lever may have
     been run for other budgets: the last logged step tells them apart)."""
-    found = []
+    found, run = [], run_args(RUNGS[args.rung][0] + args.extra + lever_flags(lever))
+    short_by = args.total_timesteps if args.stopped else run.num_envs * run.trial_len  # at most one update short, or any
     for seed in args.seeds:
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever, args.name)}__*__{seed}__*")))
         # runs from before the doc name was part of the run's name
         runs = runs or sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp_name(args.rung, lever)}__*__{seed}__*")))
-        flags = lever_flags(lever)
-        num_envs = next((int(v) for f, v in zip(flags[-2::-1], flags[::-1]) if f == "--num-envs"), 48)  # the last wins
-        short_by = args.total_timesteps if args.stopped else 80 * num_envs  # at most one update short, or any
         runs = [r for r in runs if 0 <= args.total_timesteps - last_step(r) < short_by]
         if runs:
             found.append(runs[-1])
@@ -161,13 +159,18 @@ def all_per_episode(run):
     return np.stack(values, 1) if all(len(v) for v in values) else np.zeros((0, 5))
 
 
-def grid_flags(flags):
-    """W and X of runs given these flags, read as grid_failmem.py reads them."""
+def run_args(flags):
+    """grid_failmem.py's Args of runs given these flags, read as it reads them."""
     import tyro
 
     import grid_failmem
 
-    args = tyro.cli(grid_failmem.Args, args=flags)
+    return tyro.cli(grid_failmem.Args, args=flags)
+
+
+def grid_flags(flags):
+    """W and X of runs given these flags."""
+    args = run_args(flags)
     return args.grid_size, args.num_blocks
 
 

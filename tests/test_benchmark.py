@@ -88,7 +88,7 @@ def test_ladder_finds_a_run_one_update_short_of_its_budget_at_the_levers_batch(t
     for seed, tail in ((1, "a"), (2, "b")):
         (tmp_path / "runs" / f"grid__ladder_L2_x_envs480__ppo-finetune__{seed}__{tail}").mkdir(parents=True)
         (tmp_path / "runs" / f"grid__ladder_L2_x_defaults__ppo-finetune__{seed}__{tail}").mkdir(parents=True)
-    args = argparse.Namespace(rung="L2", name="x", seeds=[1, 2], total_timesteps=budget, stopped=False)
+    args = argparse.Namespace(rung="L2", name="x", seeds=[1, 2], total_timesteps=budget, stopped=False, extra=[])
     assert [run[-1] for run in grid_ladder.runs_of(args, "envs480")] == ["a"]  # one update short, not two
     assert grid_ladder.runs_of(args, "defaults") == []  # at 48 envs, 4,800 steps short is more than an update
     assert len(grid_ladder.runs_of(argparse.Namespace(**{**vars(args), "stopped": True}), "defaults")) == 2
