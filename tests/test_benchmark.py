@@ -245,12 +245,24 @@ def test_bank_probe_naming_sweep_tabulates_each_cnn_per_grid_and_needs_something
 def test_budget_recovery_is_logged_or_exact_from_episodes_1_and_2(monkeypatch):
     import grid_budget
 
-    logs = {"eval/success_ep1": [0.4, 0.5], "eval/success_ep2": [0.55, 0.9]}
+    logs = {"eval/success_ep1": [0.4, 0.5], "eval/success_ep2": [0.55, 0.9], "eval/mean_success": [0.6, 0.7]}
     monkeypatch.setattr(grid_budget, "scalars", lambda run, tag: (np.array([1, 2]), np.array(logs.get(tag, []))))
-    steps, first, recovery = grid_budget.recovery_points("run")
+    steps, recovery = grid_budget.metric_points("run", "recovery")
     assert np.allclose(recovery, [0.25, 0.8])  # (s2 - s1) / (1 - s1): after a success a greedy agent repeats it
     logs["eval/goal_after_first_failure"] = [0.3, 0.7]
-    assert np.allclose(grid_budget.recovery_points("run")[2], [0.3, 0.7])
+    assert np.allclose(grid_budget.metric_points("run", "recovery")[1], [0.3, 0.7])
+    assert np.allclose(grid_budget.metric_points("run", "mean")[1], [0.6, 0.7])
+
+
+def test_budget_sets_a_finished_runs_final_evaluation_apart():
+    from grid_budget import bayes_line, split_final
+
+    steps, values = np.array([100, 200, 250]), np.array([0.2, 0.3, 0.5])
+    periodic_steps, periodic_values, final = split_final(steps, values, last_train_step=250)
+    assert list(periodic_steps) == [100, 200] and list(periodic_values) == [0.2, 0.3] and final == (250, 0.5)
+    assert split_final(steps, values, last_train_step=300)[2] is None  # stopped early: every point is periodic
+    assert bayes_line("mean", 3) == pytest.approx(0.8) and bayes_line("mean", 2) == pytest.approx(0.9)
+    assert bayes_line("recovery", 2) == 1.0 and bayes_line("recovery", 3) == 0.5
 
 
 def test_recovery_doc_names_the_bayes_line_of_its_grid():
