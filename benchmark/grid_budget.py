@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmark"))
 from learning import scalars, write_doc  # noqa: E402
 
@@ -60,7 +61,9 @@ def bayes_line(metric, num_blocks, episodes=5):
     """The Bayes-optimal tester's value of the metric: it walks straight to an untried block each episode."""
     if metric == "recovery":
         return 1 / (num_blocks - 1)
-    return float(np.mean([min(k, num_blocks) / num_blocks for k in range(1, episodes + 1)]))
+    import grid_failmem
+
+    return float(np.mean(grid_failmem.bayes_optimal(num_blocks, episodes)))
 
 
 def main():
