@@ -321,6 +321,23 @@ def small_args(**overrides):
     return gf.Args(**{**small, **overrides})
 
 
+@pytest.mark.parametrize("num_rows", [0, 1, 50])
+def test_distinct_rows_is_torch_unique_over_rows(num_rows):
+    """The CPU path (numpy, each row one byte key) gives torch.unique(dim=0)'s rows, order and inverse: the CNN then
+    sees the same batch, so the numbers do not move. Rows that differ only in a late byte, or by a byte above 127,
+    must not merge or reorder."""
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.randint(0, 256, (6, 12), dtype=torch.uint8, generator=generator)
+    distinct[1] = distinct[0]
+    distinct[1, -1] ^= 1  # differs from row 0 in its last byte only
+    distinct[2, 0] = 200  # a byte a signed comparison would order first
+    rows = distinct[torch.randint(0, 6, (num_rows,), generator=generator)]
+    expected_rows, expected_inverse = torch.unique(rows, dim=0, return_inverse=True)
+    got_rows, got_inverse = gf.distinct_rows(rows)
+    assert torch.equal(got_rows, expected_rows) and torch.equal(got_inverse, expected_inverse)
+    assert torch.equal(got_rows[got_inverse], rows)
+
+
 def test_encode_runs_the_cnn_once_per_distinct_frame_with_the_same_features_and_gradients():
     """The trials' frames and their banks' go through the CNN together, each distinct frame once; features and
     the CNN's gradients are those of running it on every frame."""
