@@ -685,3 +685,49 @@ def test_fresh_reader_refuses_an_agent_without_a_reader(tmp_path):
                     model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
     with pytest.raises(SystemExit, match="snail agent, which has no reader"):
         grid_fresh_reader.main([str(tmp_path / "agent.pt"), str(tmp_path / "fresh.pt")])
+
+
+def test_speedup_alternates_the_revisions_and_writes_each_rounds_ratio(tmp_path, monkeypatch):
+    import grid_speedup
+
+    calls, sps = [], iter([500, 600, 400, 600, 500, 550])
+
+    def train(run, flags, script_dir=None):
+        calls.append((script_dir is not None, list(flags), run.num_envs, run.updates))
+        return next(sps), 0.5, 2.0
+
+    monkeypatch.setattr(grid_speedup, "train", train)
+    monkeypatch.setattr(grid_speedup, "checkout", lambda revision: tmp_path / revision)
+    monkeypatch.setattr(grid_speedup, "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    grid_speedup.main(["--before", "abc", "--name", "x", "--updates", "2", "--num-envs", "480", "--",
+                       "--grid-size", "16", "--init-from", "runs/a.pt"])
+    assert [c[0] for c in calls] == [True, False] * 3  # before, now, before, now, ...
+    assert all(c[1] == ["--grid-size", "16", "--init-from", str(Path("runs/a.pt").resolve())] and c[2:] == (480, 2)
+               for c in calls)
+    doc = (tmp_path / "docs" / "grid_speedup_x.md").read_text()
+    assert "| 1 | 500 | 600 | 1.20x |" in doc and "| 2 | 400 | 600 | 1.50x |" in doc and "| 3 | 500 | 550 | 1.10x |" in doc
+    assert "Median ratio **1.20x** (range 1.10-1.50)" in doc
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--before", "HEAD", "--name", "x", "--rounds", "0"], "--rounds must be positive"),
+    (["--before", "no-such-revision", "--name", "x"], "--before: git has no grid_failmem.py"),
+])
+def test_speedup_refuses_bad_flags_before_any_run(argv, message, monkeypatch, capsys):
+    import grid_speedup
+
+    monkeypatch.setattr(grid_speedup, "train", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(SystemExit):
+        grid_speedup.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_speedup_times_a_minibatch_of_the_flags_task_with_the_scripts_of_a_directory(tmp_path):
+    from grid_speedup import ROOT, pass_ms
+
+    assert pass_ms(ROOT, 2, 1, ["--grid-size", "16", "--num-blocks", "3", "--seed", "4"], seconds=0.1) > 0
+    (tmp_path / "grid_failmem.py").write_text("raise SystemExit('the copy in the directory ran')")
+    with pytest.raises(Exception) as error:
+        pass_ms(tmp_path, 2, 1, [], seconds=0.1)
+    assert "the copy in the directory ran" in error.value.stderr
