@@ -57,8 +57,8 @@ print(cpu_ms(minibatch, seconds=float(sys.argv[5])))
 
 def pass_ms(script_dir, trials, threads, flags, seconds=5.0):
     """CPU ms of one minibatch of `trials` trials, forward + backward, with grid_failmem.py from `script_dir`."""
-    task = [flag for pair in zip(flags[::2], flags[1::2]) if pair[0] in ("--grid-size", "--num-blocks", "--obs-size")
-            for flag in pair]
+    task = [part for i, flag in enumerate(flags[:-1]) if flag in ("--grid-size", "--num-blocks", "--obs-size")
+            for part in (flag, flags[i + 1])]  # the task's flags only: a lone switch before them shifts no pair
     command = [sys.executable, "-c", PASS, str(script_dir), str(ROOT / "benchmark"), str(trials), str(threads), str(seconds),
                *task]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
