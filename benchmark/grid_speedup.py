@@ -84,7 +84,8 @@ def main(argv=None):
     if any(trials < 1 for trials in args.pass_trials):
         parser.error(f"--pass-trials must be positive, got {args.pass_trials}")
     if "--init-from" in flags[:-1]:  # the runs start in a directory of their own
-        flags[flags.index("--init-from") + 1] = str(Path(flags[flags.index("--init-from") + 1]).resolve())
+        path = flags.index("--init-from") + 1
+        flags[path] = str(Path(flags[path]).resolve())
     try:
         before = checkout(args.before)
     except subprocess.CalledProcessError:
