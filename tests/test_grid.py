@@ -186,43 +186,10 @@ def test_env_checker():
     assert env.observation_space.contains(obs) and 0 <= info["level"] < 10
 
 
-# --- memory bank ---------------------------------------------------------------------------
+# --- memory bank (its own rules, once per script: test_bank.py) ----------------------------
 def trajectory(length, value, obs_shape=(4, 4, 3)):
     frames = np.full((length, *obs_shape), value, np.uint8)
     return frames, np.arange(length) % 4, np.full(length, -1.0, np.float32)
-
-
-def test_bank_is_a_fifo_of_the_last_L_steps():
-    bank = gf.MemoryBank(mem_size=3, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
-    for value in range(1, 6):
-        bank.add(7, *trajectory(10, value))
-    frames, actions, rewards, valid, _ = bank.get([7, 8])  # no `visible` outside a trial
-    assert frames.shape == (2, 3, 4, 4, 4, 3)
-    assert [frames[0, j, 0, 0, 0, 0] for j in range(3)] == [3, 4, 5]  # oldest dropped first
-    assert (actions[0, 0] == np.arange(6, 10) % 4).all()  # the last L steps of the episode
-    assert valid[0].all() and not valid[1].any() and not frames[1].any()  # level 8 is empty
-    assert bank.num_trajectories == 3 and bank.nbytes == 3 * 4 * 4 * 4 * 3
-
-
-def test_bank_pads_short_episodes_at_the_front():
-    bank = gf.MemoryBank(mem_size=2, mem_len=6, obs_shape=(4, 4, 3), ram_bytes=float("inf"))
-    bank.add(0, *trajectory(2, 9))
-    frames, actions, rewards, valid, _ = bank.get([0])
-    assert valid[0, 0].tolist() == [False] * 4 + [True] * 2
-    assert (frames[0, 0, 4:] == 9).all() and not frames[0, 0, :4].any()
-    assert rewards[0, 0].tolist() == [0, 0, 0, 0, -1, -1]
-    assert not valid[0, 1].any()
-
-
-def test_bank_ram_bound_evicts_least_recently_used_level():
-    traj_bytes = 4 * 4 * 4 * 3
-    bank = gf.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * traj_bytes)
-    for level in (0, 1, 2):
-        bank.add(level, *trajectory(5, level + 1))
-    bank.get([0])  # reading level 0 makes level 1 the least recently used
-    bank.add(3, *trajectory(5, 4))
-    assert set(bank.banks) == {0, 2, 3} and bank.evicted_levels == 1
-    assert bank.nbytes <= 3 * traj_bytes
 
 
 def test_ended_episodes_and_cut_off_ones():
@@ -250,40 +217,6 @@ def test_goal_after_a_failure_reads_the_episode_after_a_failed_first():
     truncated[1, 2], terminated[1, 2] = True, False  # a first episode ended by the step limit is a failure too
     assert gf.goal_after_a_failure(terminated, truncated, success) == 1 / 3
     assert np.isnan(gf.goal_after_a_failure(terminated[3:], truncated[3:], success[3:]))
-
-
-def banks_for(agent_name, mem_size=2):
-    args = gf.Args(agent=agent_name, mem_size=mem_size, mem_len=4)
-    return gf.make_banks(args, (4, 4, 3), float("inf"))
-
-
-def test_memory_bank_stores_failures_only():
-    banks = banks_for("memory")
-    gf.store_episode(banks, "memory", 0, True, *trajectory(5, 1))
-    gf.store_episode(banks, "memory", 0, False, *trajectory(5, 2))
-    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [2]
-
-
-def test_mix_bank_holds_successes_and_failures():
-    banks = banks_for("memory-sf-mix")
-    gf.store_episode(banks, "memory-sf-mix", 0, True, *trajectory(5, 1))
-    gf.store_episode(banks, "memory-sf-mix", 0, False, *trajectory(5, 2))
-    assert len(banks) == 1 and [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [1, 2]
-
-
-def test_sf_success_bank_is_cleared_when_full():
-    banks = banks_for("memory-sf", mem_size=2)
-    for value in (1, 2):
-        gf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, value))
-    gf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, 9))
-    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [1, 2]  # full, still readable
-    gf.store_episode(banks, "memory-sf", 0, True, *trajectory(5, 3))
-    assert [t[0][0, 0, 0, 0] for t in banks[1].banks[0]] == [3]  # emptied, then the new one
-    assert banks[1].num_trajectories == 1
-    # the failure bank is a FIFO as usual
-    for value in (10, 11):
-        gf.store_episode(banks, "memory-sf", 0, False, *trajectory(5, value))
-    assert [t[0][0, 0, 0, 0] for t in banks[0].banks[0]] == [10, 11]
 
 
 def test_trial_memory_shows_each_stored_episode_from_the_next_step():
@@ -912,77 +845,7 @@ def test_bad_flag_stops_the_script_with_one_line(flags, name, tmp_path):
     assert not (tmp_path / "runs").exists()  # no work started
 
 
-# --- checkpoints: atomic, resumable bit for bit, checked before any work --------------------
-def test_bank_evicted_levels_counts_levels_not_evictions():
-    traj_bytes = 4 * 4 * 4 * 3
-    bank = gf.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=traj_bytes)
-    for level in (0, 1, 0, 1):  # each add drops the other level: 3 evictions of 2 levels
-        bank.add(level, *trajectory(5, level + 1))
-    assert bank.evicted_levels == 2 and set(bank.banks) == {1}
-
-
-def test_bank_state_dict_keeps_trajectories_lru_order_and_counters():
-    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * 4 * 4 * 4 * 3)
-    for level, value in ((0, 1), (1, 2), (0, 3), (0, 4), (2, 5), (3, 6)):
-        bank.add(level, *trajectory(3, value))
-    bank.trajectories(2)  # level 2 becomes the most recently used
-    copy = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=3 * 4 * 4 * 4 * 3)
-    copy.load_state_dict(bank.state_dict())
-    assert list(copy.banks) == list(bank.banks) == [3, 2]
-    assert (copy.num_trajectories, copy.evicted_levels) == (bank.num_trajectories, bank.evicted_levels) == (2, 2)
-    for level in bank.banks:
-        for mine, theirs in zip(bank.banks[level], copy.banks[level]):
-            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs))
-
-
-@pytest.mark.parametrize("per_tensor, layout", [(2, "chunks"), (3, "chunks"), (100, "chunks"), (1, "per trajectory")])
-def test_bank_state_dict_stacks_frames_in_chunks_and_reads_the_old_layout(per_tensor, layout):
-    """Frames are saved a few trajectories a tensor (torch.save pays per tensor); a checkpoint
-    written before, one tensor a trajectory, still loads into the same banks."""
-    traj_bytes = 4 * 4 * 4 * 3
-    bank = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
-    bank.save_chunk_bytes = per_tensor * traj_bytes
-    for level, value in ((0, 1), (1, 2), (0, 3), (2, 4), (1, 5)):
-        bank.add(level, *trajectory(2 + level, value))
-    state = bank.state_dict()
-    assert [len(chunk) for chunk in state["frames"]] == [min(per_tensor, 5 - i) for i in range(0, 5, per_tensor)]
-    if layout == "per trajectory":
-        state["frames"] = [row for chunk in state["frames"] for row in chunk]
-    copy = gf.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
-    copy.load_state_dict(state)
-    assert list(copy.banks) == list(bank.banks) and copy.num_trajectories == 5
-    for level in bank.banks:
-        for mine, theirs in zip(bank.banks[level], copy.banks[level], strict=True):
-            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs, strict=True))
-
-
-@pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
-def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path, kill_at):
-    """A saver killed (SIGKILL, by itself, so the kill lands where the test says every time) inside
-    its third save, halfway through the bytes or just before the rename: the file still holds the
-    second save whole."""
-    path = tmp_path / "agent.pt"
-    code = (f"import io, os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); import torch, grid_failmem as script\n"
-            "real_save = torch.save\n"
-            "def die(*_): os.kill(os.getpid(), signal.SIGKILL)\n"
-            "def save_half(obj, f):\n"
-            "    buffer = io.BytesIO(); real_save(obj, buffer); data = buffer.getvalue()\n"
-            "    f.write(data[: len(data) // 2]); f.flush(); die()\n"
-            "for i in range(3):\n"
-            f"    if i == 2 and {kill_at!r} == 'mid-write': torch.save = save_half\n"
-            f"    if i == 2 and {kill_at!r} == 'before-rename': os.replace = die\n"
-            f"    script.save_checkpoint({str(path)!r}, dict(i=i, x=torch.full((2**16,), i)))\n")
-    saver = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert saver.returncode == -signal.SIGKILL, saver.stderr
-    partial = tmp_path / "agent.pt.partial"
-    assert partial.exists()  # the third save had begun
-    if kill_at == "mid-write":
-        with pytest.raises(Exception):
-            torch.load(partial, weights_only=True)
-    checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["i"] == 1 and bool((checkpoint["x"] == 1).all()) and len(checkpoint["x"]) == 2**16
-
-
+# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank_io.py) ----
 RESUME = [*TINY, "--total-timesteps", "240", "--eval-every", "2", "--mem-update", "episode", "--bank-ram-mb", "0.001"]
 
 

@@ -535,62 +535,7 @@ def test_missing_gl_gives_one_line_saying_what_to_install(tmp_path):
     assert len(lines) == 1 and "OpenGL" in lines[0] and "apt-get install libegl1" in lines[0], result.stderr
 
 
-# --- checkpoints: atomic, resumable bit for bit, checked before any work --------------------
-def test_bank_evicted_levels_counts_levels_not_evictions():
-    bank = mw.MemoryBank(mem_size=8, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=4 * 4 * 4 * 3)
-    for level in (0, 1, 0, 1):  # each add drops the other level: 3 evictions of 2 levels
-        bank.add(level, np.zeros((5, 4, 4, 3), np.uint8), np.zeros(5, np.int64), np.full(5, -1.0, np.float32))
-    assert bank.evicted_levels == 2 and set(bank.banks) == {1}
-
-
-@pytest.mark.parametrize("layout", ["chunks", "per trajectory"])
-def test_bank_state_dict_stacks_frames_in_chunks_and_reads_the_old_layout(layout):
-    """Frames are saved a few trajectories a tensor (torch.save pays per tensor); a checkpoint
-    written before, one tensor a trajectory, still loads into the same banks."""
-    traj_bytes = 4 * 4 * 4 * 3
-    bank = mw.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
-    bank.save_chunk_bytes = 2 * traj_bytes
-    for level, value in ((0, 1), (1, 2), (0, 3), (2, 4), (1, 5)):
-        bank.add(level, *trajectory(2 + level, value))
-    state = bank.state_dict()
-    assert [len(chunk) for chunk in state["frames"]] == [2, 2, 1]
-    if layout == "per trajectory":
-        state["frames"] = [row for chunk in state["frames"] for row in chunk]
-    copy = mw.MemoryBank(mem_size=2, mem_len=4, obs_shape=(4, 4, 3), ram_bytes=100 * traj_bytes)
-    copy.load_state_dict(state)
-    assert list(copy.banks) == list(bank.banks) and copy.num_trajectories == 5
-    for level in bank.banks:
-        for mine, theirs in zip(bank.banks[level], copy.banks[level], strict=True):
-            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs, strict=True))
-
-
-@pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
-def test_a_kill_during_a_save_leaves_a_whole_checkpoint(tmp_path, kill_at):
-    """A saver killed (SIGKILL, by itself, so the kill lands where the test says every time) inside
-    its third save, halfway through the bytes or just before the rename: the file still holds the
-    second save whole."""
-    path = tmp_path / "agent.pt"
-    code = (f"import io, os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); import torch, miniworld_failmem as script\n"
-            "real_save = torch.save\n"
-            "def die(*_): os.kill(os.getpid(), signal.SIGKILL)\n"
-            "def save_half(obj, f):\n"
-            "    buffer = io.BytesIO(); real_save(obj, buffer); data = buffer.getvalue()\n"
-            "    f.write(data[: len(data) // 2]); f.flush(); die()\n"
-            "for i in range(3):\n"
-            f"    if i == 2 and {kill_at!r} == 'mid-write': torch.save = save_half\n"
-            f"    if i == 2 and {kill_at!r} == 'before-rename': os.replace = die\n"
-            f"    script.save_checkpoint({str(path)!r}, dict(i=i, x=torch.full((2**16,), i)))\n")
-    saver = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert saver.returncode == -signal.SIGKILL, saver.stderr
-    partial = tmp_path / "agent.pt.partial"
-    assert partial.exists()  # the third save had begun
-    if kill_at == "mid-write":
-        with pytest.raises(Exception):
-            torch.load(partial, weights_only=True)
-    checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["i"] == 1 and bool((checkpoint["x"] == 1).all()) and len(checkpoint["x"]) == 2**16
-
-
+# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank_io.py) ----
 RESUME = [*TINY, "--num-train-levels", "2", "--total-timesteps", "60", "--eval-every", "2", "--bank-ram-mb", "0.02"]
 
 
