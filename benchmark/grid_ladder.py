@@ -87,9 +87,22 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
 }
 
 
+# naming the agent keeps a comparison's levers readable (`--levers memory snail`) even where one is the default
+AGENT_LEVERS = {name for name, flags in LEVERS.items() if flags[:1] == ["--agent"]}
+
+
 def lever_flags(lever):
     """The flags of a lever, or of several joined by +, in order (a later one wins)."""
     return [flag for part in lever.split("+") for flag in LEVERS[part]]
+
+
+def idle_parts(rung_flags, lever):
+    """The parts of a lever that set only what its runs already have (the rung's flags, the other
+    parts, grid_failmem.py's defaults): their runs would repeat the lever without them."""
+    parts = lever.split("+")
+    whole = run_args(rung_flags + lever_flags(lever))
+    return [part for i, part in enumerate(parts) if LEVERS[part] and part not in AGENT_LEVERS
+            and run_args(rung_flags + lever_flags("+".join(parts[:i] + parts[i + 1:]) or "defaults")) == whole]
 
 
 def exp_name(rung, lever, name=None):
@@ -117,6 +130,10 @@ def main():
     if unknown:
         parser.error(f"unknown lever {unknown[0]!r}; levers: {', '.join(LEVERS)}")
     rung_flags = RUNGS[args.rung][0]
+    idle = [(lever, part) for lever in args.levers for part in idle_parts(rung_flags + args.extra, lever)]
+    if idle and not args.plot_only:
+        parser.error(f"lever {idle[0][0]!r}: {idle[0][1]!r} ({' '.join(LEVERS[idle[0][1]])}) changes nothing in "
+                     f"rung {args.rung}'s runs (set already, or overridden by a later part); leave it out")
     if not args.plot_only:
         launch([([sys.executable, str(ROOT / "grid_failmem.py"), *rung_flags, "--seed", str(seed), "--exp-name",
                   exp_name(args.rung, lever, args.name), "--threads", "1", "--total-timesteps", str(args.total_timesteps),

@@ -1,13 +1,15 @@
 """The helpers benchmark/learning.py draws its figures with: averaging seeds measured at
 different steps and times must not shift or stretch any seed's curve."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
+BENCH = Path(__file__).resolve().parents[1] / "benchmark"
+sys.path.insert(0, str(BENCH))
 from learning import mean_and_spread, on_common_minutes, smooth  # noqa: E402
 
 
@@ -74,6 +76,23 @@ def test_ladder_levers_join_in_order_and_runs_of_each_doc_keep_apart():
     assert grid_ladder.lever_flags("epochs8+epochs16")[-1] == "16"  # a later lever wins
     names = {grid_ladder.exp_name("L3", "memory", name) for name in (None, "w8", "w16")}
     assert len(names) == 3 and grid_ladder.exp_name("L1", "a+b") == "ladder_L1_a_b"
+
+
+def test_ladder_names_a_lever_part_that_changes_nothing_before_any_run(tmp_path):
+    """--update-epochs 8 is grid_failmem.py's default: an `epochs8` lever on rung L2 reran the base
+    bit for bit. Such a part, or one a later part overrides, stops the script with one line; the
+    agent levers stay allowed, since they name the agents a comparison is between."""
+    import grid_ladder
+
+    rung = grid_ladder.RUNGS["L2"][0]
+    assert grid_ladder.idle_parts(rung, "envs480+levels40000+epochs8") == ["epochs8"]
+    assert grid_ladder.idle_parts(rung, "epochs16+epochs8") == ["epochs16"]
+    assert grid_ladder.idle_parts(rung, "envs480+epochs16") == [] and grid_ladder.idle_parts(rung, "defaults") == []
+    assert grid_ladder.idle_parts(rung, "ppo-finetune") == []  # the rung's agent, named
+    out = subprocess.run([sys.executable, str(BENCH / "grid_ladder.py"), "--rung", "L2", "--levers", "envs480+epochs8",
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "'epochs8' (--update-epochs 8) changes nothing" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.iterdir())
 
 
 def test_ladder_finds_a_run_one_update_short_of_its_budget_at_the_levers_batch(tmp_path, monkeypatch):
