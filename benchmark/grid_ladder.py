@@ -130,11 +130,11 @@ def main():
     if unknown:
         parser.error(f"unknown lever {unknown[0]!r}; levers: {', '.join(LEVERS)}")
     rung_flags = RUNGS[args.rung][0]
-    idle = [(lever, part) for lever in args.levers for part in idle_parts(rung_flags + args.extra, lever)]
-    if idle and not args.plot_only:
-        parser.error(f"lever {idle[0][0]!r}: {idle[0][1]!r} ({' '.join(LEVERS[idle[0][1]])}) changes nothing in "
-                     f"rung {args.rung}'s runs (set already, or overridden by a later part); leave it out")
-    if not args.plot_only:
+    if not args.plot_only:  # old docs' levers may have become defaults since: they still redraw
+        idle = [(lever, part) for lever in args.levers for part in idle_parts(rung_flags + args.extra, lever)]
+        if idle:
+            parser.error(f"lever {idle[0][0]!r}: {idle[0][1]!r} ({' '.join(LEVERS[idle[0][1]])}) changes nothing in "
+                         f"rung {args.rung}'s runs (set already, or overridden by a later part); leave it out")
         launch([([sys.executable, str(ROOT / "grid_failmem.py"), *rung_flags, "--seed", str(seed), "--exp-name",
                   exp_name(args.rung, lever, args.name), "--threads", "1", "--total-timesteps", str(args.total_timesteps),
                   *args.extra, *lever_flags(lever)], f"grid_{exp_name(args.rung, lever, args.name)}_{seed}.log")

@@ -845,7 +845,7 @@ def test_bad_flag_stops_the_script_with_one_line(flags, name, tmp_path):
     assert not (tmp_path / "runs").exists()  # no work started
 
 
-# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank_io.py) ----
+# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank.py) -------
 RESUME = [*TINY, "--total-timesteps", "240", "--eval-every", "2", "--mem-update", "episode", "--bank-ram-mb", "0.001"]
 
 

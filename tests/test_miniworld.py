@@ -535,7 +535,7 @@ def test_missing_gl_gives_one_line_saying_what_to_install(tmp_path):
     assert len(lines) == 1 and "OpenGL" in lines[0] and "apt-get install libegl1" in lines[0], result.stderr
 
 
-# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank_io.py) ----
+# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank.py) -------
 RESUME = [*TINY, "--num-train-levels", "2", "--total-timesteps", "60", "--eval-every", "2", "--bank-ram-mb", "0.02"]
 
 

@@ -325,7 +325,7 @@ def test_bad_flags_give_one_line_naming_the_flag(flags, name, tmp_path):
     assert not (tmp_path / "runs").exists()  # no work started
 
 
-# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank_io.py) ----
+# --- checkpoints: resumable bit for bit, checked before any work (saves: test_bank.py) -------
 RESUME = [*TINY, "--total-timesteps", "120", "--num-train-levels", "2", "--bank-ram-mb", "0.01", "--num-workers", "1"]
 
 
