@@ -193,6 +193,10 @@ class Args:
     """sample the test actions from the policy (seeded by --seed) instead of taking the most likely
     one; greedy is the default (DESIGN.md), but a memoryless greedy policy that comes back to a cell
     loops there until the step limit"""
+    eval_split: str = "test"
+    """levels --eval-only plays: test (the held-out levels) or train (the first --num-test-levels
+    training levels, with the same empty bank at the start: held-out against training success tells
+    levels learned by heart from a skill that carries over)"""
     eval_envs: int = 250
     """held-out levels run side by side in an evaluation (RAM: 3.6 GB peak at 250, 1.4 GB at 100)"""
 
@@ -288,6 +292,8 @@ def check_args(args):
         (not args.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or positive, got {args.checkpoint_minutes}"),
         (args.stop_after < 0, f"--stop-after must be 0 or positive, got {args.stop_after}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (args.eval_split not in SPLITS, f"--eval-split must be test or train, got {args.eval_split!r}"),
+        (args.eval_split != "test" and not args.eval_only, "--eval-split is read by --eval-only only"),
         (
             args.checkpoint is not None and not args.eval_only,
             "--checkpoint is read by --eval-only only; to continue a training run give --resume PATH",
@@ -1403,8 +1409,13 @@ if __name__ == "__main__":
 
     num_actions = len(MOVES)
     if args.eval_only:  # the checkpoint's grid and network flags win over the command line's
+        trained_on = checkpoint_args(saved).num_train_levels
+        if args.eval_split == "train" and args.num_test_levels > trained_on:
+            sys.exit(f"grid_failmem.py: error: --num-test-levels {args.num_test_levels} with --eval-split train asks "
+                     f"for more levels than the checkpoint trained on ({trained_on})")
         agent = load_checkpoint(args.checkpoint, args, num_actions, device, saved)
-    test_levels = task_levels(args, "test", args.num_test_levels)
+    # row i of a split is the same whatever the number asked: with --eval-split train, the first levels it trained on
+    test_levels = task_levels(args, args.eval_split, args.num_test_levels)
 
     if args.eval_only:
         StopSignals(graceful=False, kept="the evaluation did not finish")
@@ -1414,7 +1425,8 @@ if __name__ == "__main__":
         result = evaluate(agent, args, test_levels, np.arange(args.num_test_levels), device, video)
         summary = summarize(result, args.num_blocks)
         log_eval(writer, summary, 0)
-        print_table(summary, args.num_blocks, f"{args.checkpoint}: {args.num_test_levels} held-out levels")
+        which = "held-out" if args.eval_split == "test" else "training"
+        print_table(summary, args.num_blocks, f"{args.checkpoint}: {args.num_test_levels} {which} levels")
         writer.close()
         sys.exit(0)
 

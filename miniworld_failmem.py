@@ -207,6 +207,10 @@ class Args:
     """sample the test actions from the policy (seeded by --seed) instead of taking the most likely
     one; greedy is the default (DESIGN.md), but a greedy policy can park or loop where the sampled one
     it was trained as goes on"""
+    eval_split: str = "test"
+    """levels --eval-only plays: test (the held-out levels) or train (the first --num-test-levels
+    training levels, with the same empty bank at the start: held-out against training success tells
+    levels learned by heart from a skill that carries over)"""
     test_history: str = "episode"
     """what the memory agents' SNAIL sees at test: episode (the current episode; earlier failures
     reach it through the bank only, Sec. 3.1.2) or trial (all 5 episodes, as SNAIL's baseline does)"""
@@ -294,6 +298,8 @@ def check_args(args):
         (not args.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or positive, got {args.checkpoint_minutes}"),
         (args.stop_after < 0, f"--stop-after must be 0 or positive, got {args.stop_after}"),
         (args.eval_only and args.checkpoint is None, "--eval-only needs --checkpoint PATH"),
+        (args.eval_split not in SPLITS, f"--eval-split must be test or train, got {args.eval_split!r}"),
+        (args.eval_split != "test" and not args.eval_only, "--eval-split is read by --eval-only only"),
         (
             args.checkpoint is not None and not args.eval_only,
             "--checkpoint is read by --eval-only only; to continue a training run give --resume PATH",
@@ -1411,7 +1417,15 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     level_rng = np.random.default_rng(args.seed)
 
-    level_sets = {"train": make_levels("train", args.num_train_levels), "test": make_levels("test", args.num_test_levels)}
+    if args.eval_only:
+        trained_on = checkpoint_args(saved).num_train_levels
+        if args.eval_split == "train" and args.num_test_levels > trained_on:
+            sys.exit(f"miniworld_failmem.py: error: --num-test-levels {args.num_test_levels} with --eval-split train asks "
+                     f"for more levels than the checkpoint trained on ({trained_on})")
+    # the evaluation plays the "test" set: with --eval-split train, the first levels the checkpoint trained on
+    # (level i of a split is the same whatever the number asked)
+    level_sets = {"train": make_levels("train", args.num_train_levels),
+                  "test": make_levels(args.eval_split, args.num_test_levels)}
     num_actions = len(ACTION_NAMES)
 
     if args.eval_only:
@@ -1424,7 +1438,8 @@ if __name__ == "__main__":
         result = evaluate(agent, args, envs, np.arange(args.num_test_levels), device, video)
         summary = summarize(result, NUM_BOXES)
         log_eval(writer, summary, 0)
-        print_table(summary, NUM_BOXES, f"{args.checkpoint}: {args.num_test_levels} held-out levels")
+        which = "held-out" if args.eval_split == "test" else "training"
+        print_table(summary, NUM_BOXES, f"{args.checkpoint}: {args.num_test_levels} {which} levels")
         writer.close()
         envs.close()
         sys.exit(0)

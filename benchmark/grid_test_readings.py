@@ -1,16 +1,19 @@
 """Which reading of the paper's test do learned agents need? The same checkpoints under each, side by side.
 
-    python benchmark/grid_test_readings.py runs/<run>/agent.pt [more checkpoints] [--levels 500] [--out docs/...md]
+    python benchmark/grid_test_readings.py runs/<run>/agent.pt [more checkpoints] [--levels 500]
+        [--readings greedy trial sampled train] [--out docs/...md]
 
 The paper leaves two things of its test open (README, "Where the paper is silent"):
   - the memory agent's test history: its SNAIL restarts with each test episode, earlier failures reaching it
     through the bank only (`--test-history episode`, our default), or it runs over the whole 5-episode trial as
     SNAIL's does (`trial`);
   - test actions: greedy (our default) or drawn from the policy (`--eval-sample`, a generator seeded by --seed).
+One more reading asks another question: the same greedy test on the first levels the agent trained on
+(`--eval-split train`), beside the held-out ones, tells levels learned by heart from a skill that carries over.
 Earlier sessions measured both on agents that had not learned the task; this measures them on agents that
 have. Each checkpoint is run through grid_failmem.py's `evaluate()` on the first `--levels` held-out levels of
-its own task, once per reading (the whole-trial reading only for agents with a bank: SNAIL always reads the
-trial). Writes one table per checkpoint and reading, then the mean ± sd over the checkpoints of each agent.
+its own task (or its training levels), once per reading (the whole-trial reading only for agents with a bank:
+SNAIL always reads the trial). Writes one table per checkpoint and reading, then the mean ± sd over the checkpoints of each agent.
 """
 
 import argparse
@@ -28,27 +31,43 @@ sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
 from learning import write_doc  # noqa: E402
 
-READINGS = {  # name -> the Args fields it sets on top of the defaults
-    "greedy (the defaults)": {},
-    "greedy, the memory agent's SNAIL over the whole trial": {"test_history": "trial"},
-    "sampled": {"eval_sample": True},
+READINGS = {  # flag name -> (name in the doc, the Args fields it sets on top of the defaults)
+    "greedy": ("greedy (the defaults)", {}),
+    "trial": ("greedy, the memory agent's SNAIL over the whole trial", {"test_history": "trial"}),
+    "sampled": ("sampled", {"eval_sample": True}),
+    "train": ("greedy, on its training levels", {"eval_split": "train"}),
 }
 COLUMNS = ("success_ep1", "success_ep2", "success_ep3", "success_ep4", "success_ep5", "mean_success",
-           "goal_after_first_failure", "no_hit")
+           "goal_after_first_failure", "no_hit", "goal_nearest", "mean_success_goal_not_nearest")
 
 
-def readings_of(path, num_levels):
-    """{reading: evaluate()'s summary} of one checkpoint on the first `num_levels` held-out levels of its task, and
-    its Args as trained."""
-    trained = grid.Args(num_test_levels=num_levels)
-    agent = grid.load_checkpoint(path, trained, len(grid.MOVES), torch.device("cpu")).eval()
-    levels = grid.task_levels(trained, "test", num_levels)
+def goal_is_nearest(levels):
+    """Per level: is the goal a block nearest the start (Manhattan distance, ties counted)? A policy that walks to the
+    nearest block first succeeds in episode 1 on these, so two level sets differ in what they ask of a memory by
+    their share of them."""
+    distances = np.abs(levels["blocks"] - levels["starts"][:, None, :]).sum(-1)
+    return distances[np.arange(len(distances)), levels["goals"]] == distances.min(1)
+
+
+def readings_of(path, num_levels, readings=tuple(READINGS)):
+    """{reading's name in the doc: evaluate()'s summary} of one checkpoint on the first `num_levels` held-out (or
+    training) levels of its task, and its Args as trained."""
+    checkpoint = grid.read_checkpoint(path)
+    saved = grid.checkpoint_args(checkpoint)
+    trained = grid.Args(num_test_levels=num_levels, num_train_levels=saved.num_train_levels, exp_name=saved.exp_name)
+    agent = grid.load_checkpoint(path, trained, len(grid.MOVES), torch.device("cpu"), checkpoint).eval()
     summaries = {}
-    for name, fields in READINGS.items():
+    for key in readings:
+        name, fields = READINGS[key]
         if "test_history" in fields and not agent.use_memory:
             continue
         run = dataclasses.replace(trained, **fields)
-        summaries[name] = grid.summarize(grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu"), run.num_blocks)
+        levels = grid.task_levels(run, run.eval_split, num_levels)
+        result = grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu")
+        summaries[name] = grid.summarize(result, run.num_blocks)
+        nearest = goal_is_nearest(levels)
+        summaries[name]["goal_nearest"] = float(nearest.mean())
+        summaries[name]["mean_success_goal_not_nearest"] = float(result["success"][~nearest].mean())
     return trained, summaries
 
 
@@ -60,6 +79,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--levels", type=int, default=500, help="held-out levels (the first ones)")
+    parser.add_argument("--readings", nargs="+", choices=list(READINGS), default=["greedy", "trial", "sampled"],
+                        help="which readings, in this order (train: greedy on the first training levels)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "grid_test_readings.md"))
     args = parser.parse_args()
     if args.levels < 1:
@@ -67,32 +88,43 @@ def main():
     missing = [path for path in args.checkpoints if not Path(path).is_file()]
     if missing:
         parser.error(f"no checkpoint at {missing[0]}")
+    if "train" in args.readings:
+        for path in args.checkpoints:
+            trained_on = grid.checkpoint_args(grid.read_checkpoint(path)).num_train_levels
+            if args.levels > trained_on:
+                parser.error(f"--levels {args.levels} is more than the {trained_on} levels {path} trained on")
     torch.set_num_threads(1)
 
     header = ["| checkpoint | agent | task | reading | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first "
-              "failure | no block hit |", "|" + "---|" * (len(COLUMNS) + 4)]
+              "failure | no block hit | levels whose goal is nearest | mean on the other levels |",
+              "|" + "---|" * (len(COLUMNS) + 4)]
     rows, by_group = [], defaultdict(list)
     for path in args.checkpoints:
-        trained, summaries = readings_of(path, args.levels)
+        trained, summaries = readings_of(path, args.levels, args.readings)
         task = f"W {trained.grid_size}, X {trained.num_blocks}"
         for reading, summary in summaries.items():
             rows.append(f"| `{path}` | {trained.agent} | {task} | {reading} | "
                         + cells(f"{summary[key]:.3f}" for key in COLUMNS) + " |")
-            by_group[trained.agent, task, reading].append([summary[key] for key in COLUMNS])
+            by_group[trained.exp_name, trained.agent, task, reading].append([summary[key] for key in COLUMNS])
             print(rows[-1])
-    means = [f"| {agent} | {task} | {reading} | {len(values)} | "
+    means = [f"| {exp_name} | {agent} | {task} | {reading} | {len(values)} | "
              + cells(f"{m:.3f} ± {s:.3f}" for m, s in zip(np.mean(values, 0), np.std(values, 0))) + " |"
-             for (agent, task, reading), values in by_group.items()]
+             for (exp_name, agent, task, reading), values in by_group.items()]
     out_flag = "" if args.out == parser.get_default("out") else f" --out {os.path.relpath(args.out, ROOT)}"
+    readings_flag = "" if args.readings == parser.get_default("readings") else f" --readings {' '.join(args.readings)}"
     text = "\n".join([
         "# Gridworld: the test's readings on learned agents", "",
-        f"Made by `python benchmark/grid_test_readings.py {' '.join(args.checkpoints)} --levels {args.levels}{out_flag}`.",
-        "", f"Each checkpoint on the first {args.levels} held-out levels of its own task, empty bank at the start, 5 "
+        f"Made by `python benchmark/grid_test_readings.py {' '.join(args.checkpoints)} --levels {args.levels}{readings_flag}{out_flag}`.",
+        "", f"Each checkpoint on the first {args.levels} held-out levels of its own task (the reading 'on its training "
+        "levels': the first training levels instead), empty bank at the start, 5 "
         "episodes, under each reading. Goal after a first failure: of the levels whose episode 1 missed the goal, the "
-        "share whose episode 2 reached it.", "",
-        "Mean ± sd over the checkpoints of each agent:", "",
-        "| agent | task | reading | checkpoints | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first failure "
-        "| no block hit |", "|" + "---|" * (len(COLUMNS) + 4), *means, "", "Each checkpoint:", "", *header, *rows, "",
+        "share whose episode 2 reached it. Levels whose goal is nearest: the share of the levels whose goal is a block "
+        "nearest the start (Manhattan distance, ties counted), where walking to the nearest block first wins episode "
+        "1; mean on the other levels: the mean success over episodes 1-5 on the rest, which two level sets can be "
+        "compared on whatever their share.", "",
+        "Mean ± sd over the checkpoints of each run name and agent:", "",
+        "| run (--exp-name) | agent | task | reading | checkpoints | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a "
+        "first failure | no block hit | levels whose goal is nearest | mean on the other levels |", "|" + "---|" * (len(COLUMNS) + 5), *means, "", "Each checkpoint:", "", *header, *rows, "",
     ])
     write_doc(Path(args.out), text)
     print(f"wrote {args.out}")

@@ -306,7 +306,7 @@ def test_transfer_tests_a_two_block_agent_on_three_blocks(tmp_path):
     assert 0 <= summary["mean_success"] <= 1
 
 
-def test_test_readings_give_the_trial_history_to_bank_agents_only(tmp_path, monkeypatch, capsys):
+def test_test_readings_hand_each_reading_its_flags_and_its_levels(tmp_path, monkeypatch, capsys):
     import torch
 
     import grid_failmem as grid
@@ -315,25 +315,36 @@ def test_test_readings_give_the_trial_history_to_bank_agents_only(tmp_path, monk
     seen = []
 
     def evaluate(agent, args, levels, level_ids, device):  # what each reading hands the run's own evaluate()
-        seen.append((agent.use_memory, args.test_history, args.eval_sample, args.num_blocks, len(level_ids)))
+        split = [name for name in ("test", "train") if np.array_equal(levels["blocks"], grid.make_levels(
+            name, len(level_ids), args.grid_size, args.num_blocks)["blocks"])]
+        seen.append((agent.use_memory, args.test_history, args.eval_sample, args.num_blocks, len(level_ids), *split))
         return dict(success=np.ones((len(level_ids), 5), bool), hits=np.zeros((len(level_ids), 5), int),
                     returns=np.zeros(len(level_ids)))
 
     monkeypatch.setattr(grid_test_readings.grid, "evaluate", evaluate)
     paths = {}
     for agent in ("memory", "snail"):
-        trained_as = grid.Args(agent=agent, grid_size=8, num_blocks=3, embed_dim=16)
+        trained_as = grid.Args(agent=agent, grid_size=8, num_blocks=3, embed_dim=16, num_train_levels=9)
         paths[agent] = tmp_path / f"{agent}.pt"
         torch.save(dict(args=vars(trained_as), model=grid.Agent(trained_as, len(grid.MOVES)).state_dict()),
                    paths[agent])
     trained, memory = grid_test_readings.readings_of(str(paths["memory"]), num_levels=7)
-    assert trained.embed_dim == 16 and list(memory) == list(grid_test_readings.READINGS)
-    _, snail = grid_test_readings.readings_of(str(paths["snail"]), num_levels=7)
+    assert trained.embed_dim == 16 and trained.num_train_levels == 9
+    assert list(memory) == [name for name, _ in grid_test_readings.READINGS.values()]
+    _, snail = grid_test_readings.readings_of(str(paths["snail"]), num_levels=7, readings=("greedy", "trial", "sampled"))
     assert list(snail) == ["greedy (the defaults)", "sampled"]  # SNAIL's test always reads the whole trial
-    assert seen == [(True, "episode", False, 3, 7), (True, "trial", False, 3, 7), (True, "episode", True, 3, 7),
-                    (False, "episode", False, 3, 7), (False, "episode", True, 3, 7)]
-    assert memory["sampled"]["mean_success"] == 1.0
-    for argv, flag in ((["--levels", "0", str(paths["snail"])], "--levels"), ([str(tmp_path / "none.pt")], "none.pt")):
+    assert seen == [(True, "episode", False, 3, 7, "test"), (True, "trial", False, 3, 7, "test"),
+                    (True, "episode", True, 3, 7, "test"), (True, "episode", False, 3, 7, "train"),
+                    (False, "episode", False, 3, 7, "test"), (False, "episode", True, 3, 7, "test")]
+    assert memory["sampled"]["mean_success"] == 1.0 and memory["sampled"]["mean_success_goal_not_nearest"] == 1.0
+    nearest = grid_test_readings.goal_is_nearest(grid.make_levels("test", 7, 8, 3))
+    assert memory["sampled"]["goal_nearest"] == pytest.approx(nearest.mean())
+    # start (0, 0); blocks 3, 4 and 3 steps away: goals 0 and 2 are nearest (a tie), goal 1 is not
+    levels = dict(starts=np.zeros((3, 2), int), blocks=np.array([[[0, 3], [2, 2], [3, 0]]] * 3),
+                  goals=np.array([0, 1, 2]))
+    assert grid_test_readings.goal_is_nearest(levels).tolist() == [True, False, True]
+    for argv, flag in ((["--levels", "0", str(paths["snail"])], "--levels"), ([str(tmp_path / "none.pt")], "none.pt"),
+                       ([str(paths["snail"]), "--levels", "10", "--readings", "train"], "--levels 10 is more than the 9")):
         monkeypatch.setattr(sys, "argv", ["grid_test_readings.py", *argv])
         with pytest.raises(SystemExit):
             grid_test_readings.main()

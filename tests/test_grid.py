@@ -796,6 +796,8 @@ BAD_FLAGS = [
     (dict(snail_blocks=0), "--snail-blocks"),
     (dict(snail_filters=0), "--snail-filters"),
     (dict(test_history="all"), "--test-history"),
+    (dict(eval_split="valid", eval_only=True, checkpoint=str(ROOT / "README.md")), "--eval-split must be test or train"),
+    (dict(eval_split="train"), "--eval-split is read by --eval-only only"),
     (dict(eval_only=True), "--checkpoint"),
     (dict(eval_only=True, checkpoint="missing.pt"), "--checkpoint"),
     (dict(ent_coef=-1), "--ent-coef"),
@@ -1033,7 +1035,8 @@ def test_a_signal_before_training_stops_with_one_line(tmp_path):
 
 def test_eval_only_takes_the_grid_of_the_checkpoint(tmp_path):
     """A checkpoint trained on an 8 x 8 grid with 2 blocks is evaluated on 8 x 8 levels with 2 blocks
-    when --eval-only is given no grid flags (it drew 16 x 16 levels and failed with an IndexError)."""
+    when --eval-only is given no grid flags (it drew 16 x 16 levels and failed with an IndexError);
+    `--eval-split train` plays the levels it trained on, and asks for no more of them than there were."""
     out = run_script(*TINY, "--grid-size", "8", "--num-blocks", "2", "--agent", "ppo-finetune", "--eval-every", "0",
                      cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -1041,6 +1044,19 @@ def test_eval_only_takes_the_grid_of_the_checkpoint(tmp_path):
     out = run_script("--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "3", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "3 held-out levels" in out.stdout and "0.500" in out.stdout  # Bayes-optimal, episode 1 of 2 blocks
+    # its training levels: the first of the 2 it trained on, and no more than those
+    out = run_script("--eval-only", "--checkpoint", checkpoint, "--eval-split", "train", "--num-test-levels", "2",
+                     "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 training levels" in out.stdout
+    evaluations = glob.glob(str(tmp_path / "runs" / "*__eval__*"))
+    out = run_script("--eval-only", "--checkpoint", checkpoint, "--eval-split", "train", "--num-test-levels", "3",
+                     "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "grid_failmem.py: error: --num-test-levels 3 with --eval-split train asks for more levels than the checkpoint "
+        "trained on (2)"]
+    assert glob.glob(str(tmp_path / "runs" / "*__eval__*")) == evaluations  # stopped before any work
 
 
 def test_a_rollout_draws_distinct_levels_unless_there_are_fewer_levels_than_envs():

@@ -616,6 +616,8 @@ def test_ctrl_c_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_pa
     (dict(train_history="all"), "--train-history"), (dict(train_history="episode", agent="snail"), "--train-history"),
     (dict(train_history="episode", agent="ppo-finetune-attn"), "--train-history"),
     (dict(test_history="all"), "--test-history"), (dict(cnn_channels=()), "--cnn-channels"),
+    (dict(eval_split="valid"), "--eval-split must be test or train"),
+    (dict(eval_split="train"), "--eval-split is read by --eval-only only"),
     (dict(cnn_channels=(16, 0)), "--cnn-channels"), (dict(cnn_blocks=-1), "--cnn-blocks"), (dict(cnn_out=0), "--cnn-out"),
     (dict(snail_blocks=0), "--snail-blocks"), (dict(snail_filters=0), "--snail-filters"),
 ])
@@ -717,6 +719,20 @@ def test_an_old_checkpoint_evaluates_and_resumes(old_checkpoint):
     out = run_script("--resume", str(path), "--threads", "1", cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from" in out.stdout and "update 2/2" in out.stdout and "update 1/2" not in out.stdout
+
+
+def test_eval_split_train_plays_the_training_levels_and_no_more_than_there_were(old_checkpoint):
+    cwd, path = old_checkpoint  # trained on 20 levels
+    out = run_script("--eval-only", "--checkpoint", str(path), "--eval-split", "train", "--num-test-levels", "2",
+                     "--eval-episodes", "2", "--num-envs", "2", "--threads", "1", cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 training levels" in out.stdout
+    out = run_script("--eval-only", "--checkpoint", str(path), "--eval-split", "train", "--num-test-levels", "21",
+                     "--threads", "1", cwd=cwd)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "miniworld_failmem.py: error: --num-test-levels 21 with --eval-split train asks for more levels than the "
+        "checkpoint trained on (20)"]
 
 
 def test_a_restarted_episode_begins_with_no_previous_action_or_reward():

@@ -404,6 +404,8 @@ def test_sigterm_stops_after_the_update_with_a_checkpoint_and_no_traceback(tmp_p
     (dict(train_history="all"), "--train-history"), (dict(train_history="episode", agent="snail"), "--train-history"),
     (dict(train_history="episode", agent="ppo-finetune-attn"), "--train-history"),
     (dict(test_history="all"), "--test-history"), (dict(cnn_channels=()), "--cnn-channels"),
+    (dict(eval_split="valid"), "--eval-split must be test or train"),
+    (dict(eval_split="train"), "--eval-split is read by --eval-only only"),
     (dict(cnn_channels=(16, 0)), "--cnn-channels"), (dict(cnn_blocks=-1), "--cnn-blocks"), (dict(cnn_out=0), "--cnn-out"),
     (dict(snail_blocks=0), "--snail-blocks"), (dict(snail_filters=0), "--snail-filters"),
 ])
@@ -720,6 +722,17 @@ def test_a_checkpoint_older_than_the_network_and_history_flags_loads_and_evaluat
                          "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1", cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
         assert "old.pt: 2 held-out levels" in out.stdout and "bayes-optimal   0.333  0.667" in out.stdout
+    # its training levels (it trained on the default 200), and no more of them than there were
+    out = run_script("--eval-only", "--checkpoint", "old.pt", "--eval-split", "train", "--num-test-levels", "2",
+                     "--eval-episodes", "2", "--num-envs", "2", "--num-workers", "0", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "old.pt: 2 training levels" in out.stdout
+    out = run_script("--eval-only", "--checkpoint", "old.pt", "--eval-split", "train", "--num-test-levels", "201",
+                     cwd=tmp_path)
+    assert out.returncode == 1 and not out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "reacher_failmem.py: error: --num-test-levels 201 with --eval-split train asks for more levels than the "
+        "checkpoint trained on (200)"]
 
 
 def test_a_restarted_episode_begins_with_no_previous_action_or_reward():
