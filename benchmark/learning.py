@@ -199,7 +199,8 @@ def plot(args):
                 table.append(f"| {label_} | {seed} | {int(final[0][0][-1]):,} | " + " | ".join(f"{p:.3f}" for p in per_episode)
                              + f" | {np.mean(per_episode):.3f} | {f'{recovery[-1]:.3f}' if len(recovery) else '-'} | {ret:.2f}"
                              + f" | {wall:.0f} |")
-        label = f"{label_} ({len(finals) or len(training)} seeds)"
+        seeds = len(finals) or len(training)
+        label = f"{label_} ({seeds} seed{'s' if seeds != 1 else ''})"
         if held_out_minutes:
             clock.append(clock_row(label_, held_out, held_out_minutes, marks))
         if len(held_out_minutes) > 1:
