@@ -13,7 +13,8 @@ One more reading asks another question: the same greedy test on the first levels
 Earlier sessions measured both on agents that had not learned the task; this measures them on agents that
 have. Each checkpoint is run through grid_failmem.py's `evaluate()` on the first `--levels` held-out levels of
 its own task (or its training levels), once per reading (the whole-trial reading only for agents with a bank:
-SNAIL always reads the trial). Writes one table per checkpoint and reading, then the mean ± sd over the checkpoints of each agent.
+SNAIL always reads the trial). Writes one table per checkpoint and reading, then the mean ± sd over the checkpoints
+of each run name and agent.
 """
 
 import argparse
@@ -49,10 +50,10 @@ def goal_is_nearest(levels):
     return distances[np.arange(len(distances)), levels["goals"]] == distances.min(1)
 
 
-def readings_of(path, num_levels, readings=tuple(READINGS)):
+def readings_of(path, num_levels, readings=tuple(READINGS), checkpoint=None):
     """{reading's name in the doc: evaluate()'s summary} of one checkpoint on the first `num_levels` held-out (or
-    training) levels of its task, and its Args as trained."""
-    checkpoint = grid.read_checkpoint(path)
+    training) levels of its task, and its Args as trained. `checkpoint`: the file already read."""
+    checkpoint = checkpoint or grid.read_checkpoint(path)
     saved = grid.checkpoint_args(checkpoint)
     trained = grid.Args(num_test_levels=num_levels, num_train_levels=saved.num_train_levels, exp_name=saved.exp_name)
     agent = grid.load_checkpoint(path, trained, len(grid.MOVES), torch.device("cpu"), checkpoint).eval()
@@ -88,11 +89,15 @@ def main():
     missing = [path for path in args.checkpoints if not Path(path).is_file()]
     if missing:
         parser.error(f"no checkpoint at {missing[0]}")
-    if "train" in args.readings:
-        for path in args.checkpoints:
-            trained_on = grid.checkpoint_args(grid.read_checkpoint(path)).num_train_levels
-            if args.levels > trained_on:
-                parser.error(f"--levels {args.levels} is more than the {trained_on} levels {path} trained on")
+    # each checkpoint read and checked once, before any evaluation; its flags and weights are kept, its training
+    # state dropped (a long run's banks are hundreds of MB)
+    checkpoints = {}
+    for path in args.checkpoints:
+        whole = grid.read_checkpoint(path)
+        checkpoints[path] = {"args": whole["args"], "model": whole["model"]}
+        trained_on = grid.checkpoint_args(whole).num_train_levels
+        if "train" in args.readings and args.levels > trained_on:
+            parser.error(f"--levels {args.levels} is more than the {trained_on} levels {path} trained on")
     torch.set_num_threads(1)
 
     header = ["| checkpoint | agent | task | reading | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first "
@@ -100,7 +105,7 @@ def main():
               "|" + "---|" * (len(COLUMNS) + 4)]
     rows, by_group = [], defaultdict(list)
     for path in args.checkpoints:
-        trained, summaries = readings_of(path, args.levels, args.readings)
+        trained, summaries = readings_of(path, args.levels, args.readings, checkpoints[path])
         task = f"W {trained.grid_size}, X {trained.num_blocks}"
         for reading, summary in summaries.items():
             rows.append(f"| `{path}` | {trained.agent} | {task} | {reading} | "
@@ -124,7 +129,8 @@ def main():
         "compared on whatever their share.", "",
         "Mean ± sd over the checkpoints of each run name and agent:", "",
         "| run (--exp-name) | agent | task | reading | checkpoints | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a "
-        "first failure | no block hit | levels whose goal is nearest | mean on the other levels |", "|" + "---|" * (len(COLUMNS) + 5), *means, "", "Each checkpoint:", "", *header, *rows, "",
+        "first failure | no block hit | levels whose goal is nearest | mean on the other levels |",
+        "|" + "---|" * (len(COLUMNS) + 5), *means, "", "Each checkpoint:", "", *header, *rows, "",
     ])
     write_doc(Path(args.out), text)
     print(f"wrote {args.out}")
