@@ -18,7 +18,9 @@ A least-squares line through each (exp-name, agent)'s periodic points (all seeds
 half, say at how many steps it would reach --target, if it went on rising as it did; the minutes follow from
 the runs' training SPS. A finished run's last evaluation is on all --num-test-levels (500) held-out levels, the
 periodic ones on the first --eval-levels of them: it is shown apart and left out of the lines, since another
-level set reads another success. Writes docs/grid_budget[_NAME].md and .png.
+level set reads another success. A second stage (a run started by --init-from from another run's checkpoint)
+is drawn after the run it started from with --after STAGE=FIRST: each STAGE run's steps are shifted by the
+last training step of the FIRST run of its agent and seed. Writes docs/grid_budget[_NAME].md and .png.
 """
 
 import argparse
@@ -57,6 +59,15 @@ def split_final(steps, values, last_train_step):
     return steps, values, None
 
 
+def first_run_steps(exp, agent, seed):
+    """The last training step of the run a second stage started from: where the stage's steps begin."""
+    runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp}__{agent}__{seed}__*")))
+    if len(runs) != 1:
+        sys.exit(f"grid_budget.py: error: --after needs one run of {exp} {agent} seed {seed}, found {len(runs)}")
+    steps, _ = scalars(runs[0], "charts/SPS")
+    return int(steps[-1])
+
+
 def bayes_line(metric, num_blocks, episodes=5):
     """The Bayes-optimal tester's value of the metric: it walks straight to an untried block each episode."""
     if metric == "recovery":
@@ -74,10 +85,15 @@ def main():
     parser.add_argument("--num-blocks", type=int, default=2, help="blocks of the runs' task, for the Bayes-optimal line")
     parser.add_argument("--target", type=float, default=0.8, help="the value whose steps the line extrapolates")
     parser.add_argument("--name", default="", help="docs file names grid_budget_{name}.* (default: grid_budget.*)")
+    parser.add_argument("--after", nargs="+", default=[], metavar="STAGE=FIRST",
+                        help="exp-name STAGE continues exp-name FIRST (--init-from, the same agent and seed): its steps follow FIRST's")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
     if args.num_blocks < 2:
         parser.error(f"--num-blocks must be at least 2 (a failure to recover from), got {args.num_blocks}")
+    if any(pair.count("=") != 1 or not all(pair.split("=")) for pair in args.after):
+        parser.error(f"--after takes STAGE=FIRST pairs of exp-names, got {' '.join(args.after)}")
+    first_of = dict(pair.split("=") for pair in args.after)
 
     import matplotlib
 
@@ -103,6 +119,10 @@ def main():
             budget = int(sps_steps[-1]) if len(sps_steps) else 0
             sps.append(np.median(sps_values))
             steps, values, final = split_final(steps, values, budget)
+            if exp in first_of:
+                offset = first_run_steps(first_of[exp], agent, seed)
+                steps, budget = steps + offset, budget + offset
+                final = (final[0] + offset, final[1]) if final else None
             label = f"{exp} {agent}" if not all_steps else None
             ax.plot(steps, values, "o-", color=colour, alpha=0.6, ms=3, label=label)
             if final:
@@ -137,7 +157,8 @@ def main():
     fig.savefig(Path(args.out) / f"{stem}.png", dpi=100)
     command = " ".join(["python benchmark/grid_budget.py", f"--metric {args.metric}", f"--num-blocks {args.num_blocks}",
                         f"--exp-names {' '.join(args.exp_names)}", f"--agents {' '.join(args.agents)}",
-                        f"--target {args.target}"] + ([f"--name {args.name}"] if args.name else []))
+                        f"--target {args.target}"] + ([f"--after {' '.join(args.after)}"] if args.after else [])
+                       + ([f"--name {args.name}"] if args.name else []))
     text = [f"# Gridworld: {TITLES[args.metric]} over training, and the budget a line through it gives", "",
             f"Made by `{command}`. Periodic evaluations on the first `--eval-levels` held-out levels (the runs' flag), "
             "greedy; a finished run's final evaluation, on all `--num-test-levels`, is shown apart and left out of the lines. Each "

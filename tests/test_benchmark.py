@@ -284,6 +284,36 @@ def test_budget_sets_a_finished_runs_final_evaluation_apart():
     assert bayes_line("recovery", 2) == 1.0 and bayes_line("recovery", 3) == 0.5
 
 
+def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, monkeypatch, capsys):
+    import grid_budget
+
+    for run in ("grid__first__memory__1__10", "grid__stage__memory__1__20"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+    logs = {"first": {"eval/mean_success": ([1_000_000, 2_000_000], [0.2, 0.3]), "charts/SPS": ([2_000_000], [5.0])},
+            "stage": {"eval/mean_success": ([500_000, 1_000_000, 1_500_000], [0.4, 0.5, 0.6]),
+                      "charts/SPS": ([1_500_000], [5.0])}}
+    monkeypatch.setattr(grid_budget, "ROOT", tmp_path)
+    monkeypatch.setattr(grid_budget, "scalars",
+                        lambda run, tag: tuple(np.array(x) for x in logs[run.split("__")[1]][tag]))
+    argv = ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names", "first", "stage",
+            "--target", "0.9", "--out", str(tmp_path), "--after"]
+    monkeypatch.setattr(sys, "argv", argv + ["stage=first"])
+    grid_budget.main()
+    doc = (tmp_path / "grid_budget.md").read_text()
+    # the stage's points follow the first run's last step (2M); its last one is its final evaluation
+    assert "| stage | memory | 1 | 3,500,000 | 2.50M: 0.40, 3.00M: 0.50 | 0.600 |" in doc
+    assert "| first | memory | 1 | 2,000,000 | 1.00M: 0.20 | 0.300 |" in doc
+    assert "--after stage=first" in doc
+    for bad in ("stage", "stage=", "=first"):
+        monkeypatch.setattr(sys, "argv", argv + [bad])
+        with pytest.raises(SystemExit):
+            grid_budget.main()
+        assert "--after takes STAGE=FIRST" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", argv + ["stage=absent"])  # no run of the first stage for the stage's seed
+    with pytest.raises(SystemExit, match="needs one run of absent memory seed 1, found 0"):
+        grid_budget.main()
+
+
 def test_recovery_doc_names_the_bayes_line_of_its_grid():
     from grid_recovery import bayes_line
 
