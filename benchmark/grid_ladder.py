@@ -71,6 +71,7 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
     "norm-batch": ["--norm-adv", "batch"],
     "norm-off": ["--norm-adv", "off"],
     "ent0.01": ["--ent-coef", "0.01"],
+    "ent0": ["--ent-coef", "0"],
     "levels200": ["--num-train-levels", "200"],
     "levels5000": ["--num-train-levels", "5000"],
     "levels40000": ["--num-train-levels", "40000"],
