@@ -109,7 +109,7 @@ def main():
     groups = [(exp, agent) for exp in args.exp_names for agent in args.agents]
     for (exp, agent), colour in zip(groups, plt.cm.tab10.colors):
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp}__{agent}__*")))
-        all_steps, all_values, sps = [], [], []
+        all_steps, all_values, sps, starts = [], [], [], []
         for run in runs:
             steps, values = metric_points(run, args.metric)
             if not len(steps):
@@ -119,10 +119,10 @@ def main():
             budget = int(sps_steps[-1]) if len(sps_steps) else 0
             sps.append(np.median(sps_values))
             steps, values, final = split_final(steps, values, budget)
-            if exp in first_of:
-                offset = first_run_steps(first_of[exp], agent, seed)
-                steps, budget = steps + offset, budget + offset
-                final = (final[0] + offset, final[1]) if final else None
+            start = first_run_steps(first_of[exp], agent, seed) if exp in first_of else 0
+            steps, budget = steps + start, budget + start
+            final = (final[0] + start, final[1]) if final else None
+            starts.append(start)
             label = f"{exp} {agent}" if not all_steps else None
             ax.plot(steps, values, "o-", color=colour, alpha=0.6, ms=3, label=label)
             if final:
@@ -135,8 +135,10 @@ def main():
         if len(all_steps) < 2:
             continue
         all_steps, all_values = np.array(all_steps), np.array(all_values)
-        # a line through every point, and one through the later half only: a curve that flattens reads slower there
-        for points, keep in (("all", all_steps > 0), ("second half", all_steps >= all_steps.max() / 2)):
+        # a line through every point, and one through the later half of the span trained (a second stage's from where
+        # it started) only: a curve that flattens reads slower there
+        half = min(starts) + (all_steps.max() - min(starts)) / 2
+        for points, keep in (("all", all_steps > 0), ("second half", all_steps >= half)):
             slope, intercept = np.polyfit(all_steps[keep], all_values[keep], 1)
             reach = (args.target - intercept) / slope if slope > 0 else float("inf")
             end = reach if np.isfinite(reach) and reach > all_steps.max() else all_steps.max()

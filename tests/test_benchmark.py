@@ -290,8 +290,8 @@ def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, mon
     for run in ("grid__first__memory__1__10", "grid__stage__memory__1__20"):
         (tmp_path / "runs" / run).mkdir(parents=True)
     logs = {"first": {"eval/mean_success": ([1_000_000, 2_000_000], [0.2, 0.3]), "charts/SPS": ([2_000_000], [5.0])},
-            "stage": {"eval/mean_success": ([500_000, 1_000_000, 1_500_000], [0.4, 0.5, 0.6]),
-                      "charts/SPS": ([1_500_000], [5.0])}}
+            "stage": {"eval/mean_success": ([500_000, 1_000_000, 1_500_000, 2_000_000], [0.4, 0.5, 0.55, 0.6]),
+                      "charts/SPS": ([2_000_000], [5.0])}}
     monkeypatch.setattr(grid_budget, "ROOT", tmp_path)
     monkeypatch.setattr(grid_budget, "scalars",
                         lambda run, tag: tuple(np.array(x) for x in logs[run.split("__")[1]][tag]))
@@ -301,7 +301,9 @@ def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, mon
     grid_budget.main()
     doc = (tmp_path / "grid_budget.md").read_text()
     # the stage's points follow the first run's last step (2M); its last one is its final evaluation
-    assert "| stage | memory | 1 | 3,500,000 | 2.50M: 0.40, 3.00M: 0.50 | 0.600 |" in doc
+    assert "| stage | memory | 1 | 4,000,000 | 2.50M: 0.40, 3.00M: 0.50, 3.50M: 0.55 | 0.600 |" in doc
+    # its later half is counted from where it started (2M), not from step 0: the points at 3.0M and 3.5M
+    assert "| stage | memory | 1 | all | +0.150 |" in doc and "| stage | memory | 1 | second half | +0.100 |" in doc
     assert "| first | memory | 1 | 2,000,000 | 1.00M: 0.20 | 0.300 |" in doc
     assert "--after stage=first" in doc
     for bad in ("stage", "stage=", "=first"):
