@@ -456,6 +456,21 @@ def test_memory_reader_invariant_to_slot_order():
         assert not torch.allclose(reader(v_o, memory[:, perm], valid), out, atol=1e-5)
 
 
+def test_memory_reader_reads_shares_of_the_bank_not_counts():
+    """Softmax attention with no slot positions: a bank holding every trajectory k times reads as the bank
+    (a training level's FIFO full of repeats is the test's short bank to the reader); unequal repeats do not."""
+    reader = MemoryReader(embed_dim=E, num_heads=4)
+    v_o, memory = torch.randn(2, 2, E), torch.randn(2, 2, E)  # two queries, two trajectories a bank
+    every = torch.ones(2, 2, dtype=torch.bool)
+    with torch.no_grad():
+        out = reader(v_o, memory, every)
+        for copies in (2, 4):
+            torch.testing.assert_close(reader(v_o, memory.repeat(1, copies, 1), every.repeat(1, copies)), out,
+                                       atol=1e-5, rtol=1e-5)
+        skewed = torch.cat([memory[:, :1].expand(-1, 7, -1), memory[:, 1:]], 1)  # the first seven times, the second once
+        assert not torch.allclose(reader(v_o, skewed, torch.ones(2, 8, dtype=torch.bool)), out, atol=1e-4)
+
+
 def test_memory_reader_ignores_invalid_slots():
     reader = MemoryReader(embed_dim=E, num_heads=4)
     v_o, memory, valid = reader_inputs(N=6)
