@@ -39,6 +39,11 @@ from learning import write_doc  # noqa: E402
 MOVE_OF = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}
 
 
+# the supervised probes train no critic; without its t / T input (the default since 2026-11-28) a fresh agent draws
+# the weights, and the torch RNG after them, that the docs' probes drew
+NO_CRITIC_TIME = dict(time_aware_value=False)
+
+
 def straight_walk(start, target, avoid):
     """Moves from start into target, rows first or columns first, through no cell of `avoid`; None if both pass one."""
     (r0, c0), (r1, c1) = start, target
@@ -149,7 +154,7 @@ def supervised_naming(after, steps, seed=1, batch=64, **sizes):
     by cross-entropy on scripted walks of training levels to output the failed block's cell; accuracy on
     walks of held-out levels (chance 1/62 on W8, 1/254 on W16)."""
     torch.manual_seed(seed)
-    args = grid.Args(**sizes)
+    args = grid.Args(**{**NO_CRITIC_TIME, **sizes})
     agent = grid.Agent(args, len(grid.MOVES))
     head = torch.nn.Linear(args.embed_dim, args.grid_size ** 2)
     optimizer = torch.optim.Adam([*agent.parameters(), *head.parameters()], lr=1e-3)
@@ -180,7 +185,7 @@ def supervised_recovery(steps, seed=1, batch=64, **sizes):
     probability); the share of held-out levels whose most likely move is one of them. `sizes`: Args fields
     (grid_size, cnn_channels) instead of the defaults."""
     torch.manual_seed(seed)
-    args = grid.Args(**sizes)
+    args = grid.Args(**{**NO_CRITIC_TIME, **sizes})
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
 

@@ -1,6 +1,7 @@
 """grid_failmem.py: the gridworld's rules, the memory bank's rules, the agent, the evaluation,
 then end-to-end runs of the script on tiny settings in a subprocess."""
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -461,7 +462,7 @@ def test_finetune_returns_go_on_after_a_block_as_the_trial_would(monkeypatch, ag
     """The critic learned trial returns, where a block is followed by a new episode from the level's start: an
     episode that ends at a block gets r + gamma V(start) at its last step; one cut by the step limit ends the trial.
     And an update of one episode keeps its advantages' sign: not normalised, whatever the run's --norm-adv."""
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # a seed whose untrained agents both hit blocks and run out of steps (asserted below)
     args = small_args(agent=agent_name, grid_size=4, trial_len=20, eval_episodes=3, gamma=0.9)
     agent = gf.Agent(args, 4)
     batches, norms = [], []
@@ -911,6 +912,25 @@ def test_init_from_starts_a_new_run_from_the_weights_on_another_grid(stopped_run
                           weights_only=True)["model"] for name in ("warm", "cold"))
     assert all(torch.allclose(warm[key].float(), start[key].float(), atol=1e-6) for key in start)
     assert not all(torch.allclose(cold[key].float(), start[key].float(), atol=1e-6) for key in start)
+
+
+@pytest.mark.parametrize("made_with,run_with", [(False, True), (True, False)])
+def test_init_from_gives_the_critic_a_time_input_or_takes_it_away(stopped_run, tmp_path, capsys, made_with, run_with):
+    """A checkpoint made with the other --time-aware-value starts a run, saying so: its critic gains t / T with
+    weight 0, so it values every step as before, or loses it; every other weight is the checkpoint's."""
+    cwd, checkpoint = stopped_run
+    saved = torch.load(cwd / checkpoint, weights_only=True)
+    made_args, run_args = (dataclasses.replace(gf.checkpoint_args(saved), time_aware_value=flag)
+                           for flag in (made_with, run_with))
+    made = gf.Agent(made_args, len(gf.MOVES)).state_dict()
+    torch.save(dict(saved, args=vars(made_args), model=made), tmp_path / "made.pt")
+    model = gf.init_weights(run_args, str(tmp_path / "made.pt"))
+    assert ("gets a t / T input" if run_with else "loses its t / T input") in capsys.readouterr().out
+    assert all(torch.equal(model[key], made[key]) for key in made if key != "critic.weight")
+    width = made["critic.weight"].shape[1] - made_with
+    assert model["critic.weight"].shape == (1, width + run_with)
+    assert torch.equal(model["critic.weight"][:, :width], made["critic.weight"][:, :width])
+    assert not run_with or model["critic.weight"][0, -1] == 0
 
 
 @pytest.mark.parametrize("flags,problem", [(["--embed-dim", "32"], "do not fit the network"),
