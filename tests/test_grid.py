@@ -963,6 +963,7 @@ def test_a_checkpoint_older_than_the_network_size_flags_loads_as_the_paper_sizes
     newer = ("cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "mem_update", "train_history",
              "test_history", "time_aware_value", "episodic_gae")
     old_args = {k: v for k, v in saved["args"].items() if k not in newer}
+    assert not gf.checkpoint_args(dict(saved, args=old_args)).time_aware_value  # the default since, off before
     paper = gf.Agent(gf.checkpoint_args(dict(saved, args=old_args)), 4)
     assert sum(isinstance(m, common.ResidualBlock) for m in paper.cnn.modules()) == 3 * 2 and len(paper.snail.layers) == 4
     old_model = with_old_snail_names(paper.state_dict(), prefix="snail.")
