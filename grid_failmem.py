@@ -1359,11 +1359,11 @@ def init_weights(args, path):
         sys.exit(f"{os.path.basename(__file__)}: error: --init-from {path} {problem}")
 
     checkpoint = read_checkpoint(path, "--init-from")
-    trained_as = checkpoint_args(checkpoint).agent
-    if trained_as != args.agent:
-        fail(f"holds a {trained_as} agent, not the {args.agent} agent --agent asks for")
+    trained_as = checkpoint_args(checkpoint)
+    if trained_as.agent != args.agent:
+        fail(f"holds a {trained_as.agent} agent, not the {args.agent} agent --agent asks for")
     model = dict(checkpoint["model"])
-    if checkpoint_args(checkpoint).time_aware_value != args.time_aware_value and "critic.weight" in model:
+    if trained_as.time_aware_value != args.time_aware_value:  # every agent has a critic
         critic = model["critic.weight"]  # t / T is the critic's last input
         model["critic.weight"] = F.pad(critic, (0, 1)) if args.time_aware_value else critic[:, :-1]
         change = "gets a t / T input, with weight 0" if args.time_aware_value else "loses its t / T input"
