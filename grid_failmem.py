@@ -145,6 +145,10 @@ class Args:
     """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
     its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it.
     Not in the paper; on the default task +0.029 held-out, higher on 5 paired seeds of 5 (README)"""
+    value_norm: bool = False
+    """if toggled, the critic learns the returns standardised by their running mean and standard deviation, and
+    the value clip acts in standard deviations instead of return units (Sec. 2.3 of Yu et al. 2022, "ValueNorm");
+    not in the paper"""
 
     # PPO (Appendix A)
     total_timesteps: int = 1_500_000
@@ -696,6 +700,39 @@ def distinct_rows(rows):
     return torch.from_numpy(distinct.view(np.uint8).reshape(-1, rows.shape[1])), torch.from_numpy(inverse)
 
 
+class ValueNorm(nn.Module):
+    """--value-norm: running moments of the value targets, so that the critic learns standardised returns while
+    every value it gives (rollout, GAE, logs) is in return units. The moments are a debiased exponential average
+    over updates: the targets of the default task climb from ~3 to ~18 a trial as the agent learns, and the critic
+    should follow them, not their average over the whole run. Before the first update it is the identity."""
+
+    def __init__(self, decay=0.99):
+        super().__init__()
+        self.decay = decay
+        # sums of decay^k * (mean, mean of squares, 1) over past updates; a buffer, so checkpoints carry it
+        self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))
+
+    def update(self, returns):
+        returns = returns.double()
+        batch = torch.stack([returns.mean(), returns.square().mean(), torch.ones_like(returns[(0,) * returns.dim()])])
+        self.moments.mul_(self.decay).add_(batch, alpha=1 - self.decay)
+
+    def mean_std(self):
+        mean, square, weight = self.moments.unbind()
+        seen = weight > 0  # no branch on a tensor's value: no host sync on a GPU
+        mean = torch.where(seen, mean / weight.clamp_min(1e-12), 0.0)
+        var = torch.where(seen, square / weight.clamp_min(1e-12) - mean.square(), 1.0)
+        return mean.float(), var.clamp_min(1e-4).sqrt().float()
+
+    def normalize(self, values):
+        mean, std = self.mean_std()
+        return (values - mean) / std
+
+    def denormalize(self, values):
+        mean, std = self.mean_std()
+        return values * std + mean
+
+
 class Agent(nn.Module):
     """memory: SNAIL over the trial + a reader of the failure bank (the paper's method).
     snail: SNAIL alone. snail-cat: SNAIL over the bank's frames concatenated before the trial
@@ -741,6 +778,7 @@ class Agent(nn.Module):
         self.trial_len, self.time_aware = args.trial_len, args.time_aware_value
         self.episode_history = args.train_history == "episode"
         self.critic = layer_init(nn.Linear(256 + self.time_aware, 1), std=1.0)
+        self.value_norm = ValueNorm() if args.value_norm else None
 
     def encode(self, *frame_sets):
         """CNN(o) of each set of frames (..., H, W, 3), run once per distinct frame across the sets: a gridworld
@@ -809,10 +847,12 @@ class Agent(nn.Module):
         for read, (memory, slots) in zip(self.memory_read, memories):
             hidden.append(read(query, memory, slots).reshape(obs_embed.shape))
         hidden = self.trunk(torch.cat(hidden, -1))
-        if not self.time_aware:
-            return self.actor(hidden), self.critic(hidden).squeeze(-1)
-        place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
-        return self.actor(hidden), self.critic(torch.cat([hidden, place[..., None] / self.trial_len], -1)).squeeze(-1)
+        if self.time_aware:
+            place = torch.as_tensor(steps, dtype=hidden.dtype, device=hidden.device).expand(hidden.shape[:-1])
+            values = self.critic(torch.cat([hidden, place[..., None] / self.trial_len], -1)).squeeze(-1)
+        else:
+            values = self.critic(hidden).squeeze(-1)
+        return self.actor(hidden), values if self.value_norm is None else self.value_norm.denormalize(values)
 
     def step(self, frames, prev_actions, prev_rewards, episode_starts, trial_state, t):
         """One step of every env, position t of its trial: logits and value (rollout, eval)."""
@@ -881,6 +921,10 @@ def ppo_update(agent, optimizer, args, batch, device):
     """`update_epochs` epochs of clipped PPO over the sequences in `batch` (tensors (B, T, ...)),
     `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
     clipfracs = []
+    # --value-norm: the value loss and its clip in standard deviations of the returns, as the critic learns them
+    scale = (lambda values: values) if agent.value_norm is None else agent.value_norm.normalize
+    if agent.value_norm is not None:
+        agent.value_norm.update(batch["returns"].to(device))
     if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
         advantages = batch["advantages"]
         batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
@@ -892,7 +936,8 @@ def ppo_update(agent, optimizer, args, batch, device):
                 [bank.to(device, idx) for bank in batch["banks"]], batch["actions"][idx].to(device),
             )
             mb_logprobs, mb_advantages = batch["logprobs"][idx].to(device), batch["advantages"][idx].to(device)
-            mb_returns, mb_values = batch["returns"][idx].to(device), batch["values"][idx].to(device)
+            mb_returns, mb_values = scale(batch["returns"][idx].to(device)), scale(batch["values"][idx].to(device))
+            newvalue = scale(newvalue)
             logratio = newlogprob - mb_logprobs
             ratio = logratio.exp()
             with torch.no_grad():
@@ -1167,7 +1212,7 @@ def wandb_mode():
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "block_colours", "obs_size", "trial_len", "mem_size", "mem_len",
                 "embed_dim", "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters",
-                "time_aware_value")
+                "time_aware_value", "value_norm")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",
@@ -1192,7 +1237,8 @@ def save_checkpoint(path, state):
 
 # what runs did before these flags existed, for checkpoints older than them (their defaults have changed since)
 PREDATED_FLAGS = dict(cnn_channels=(16, 32, 32), cnn_blocks=2, cnn_out=256, snail_blocks=2, snail_filters=32,
-                      mem_update="trial", train_history="trial", test_history="trial", time_aware_value=False)
+                      mem_update="trial", train_history="trial", test_history="trial", time_aware_value=False,
+                      value_norm=False)
 
 
 def checkpoint_args(checkpoint):
@@ -1354,7 +1400,8 @@ def stop_if_not_finite(agent, losses, iteration, kept):
 def init_weights(args, path):
     """The weights of the checkpoint at `path`, checked to fit the agent the command line's flags
     describe (the grid and the number of blocks may differ: the network does not depend on them; so may
-    --time-aware-value, the critic's t / T input added with weight 0, the same critic, or dropped)."""
+    --time-aware-value, the critic's t / T input added with weight 0, the same critic, or dropped; and
+    --value-norm, the critic's return moments started unseen or dropped)."""
     def fail(problem):
         sys.exit(f"{os.path.basename(__file__)}: error: --init-from {path} {problem}")
 
@@ -1368,6 +1415,13 @@ def init_weights(args, path):
         model["critic.weight"] = F.pad(critic, (0, 1)) if args.time_aware_value else critic[:, :-1]
         change = "gets a t / T input, with weight 0" if args.time_aware_value else "loses its t / T input"
         print(f"--init-from: the checkpoint's critic {change} (--{'' if args.time_aware_value else 'no-'}time-aware-value)")
+    if trained_as.value_norm != args.value_norm:  # a critic in return units is one whose moments are unseen
+        if args.value_norm:
+            model["value_norm.moments"] = torch.zeros(3, dtype=torch.float64)
+        else:
+            model.pop("value_norm.moments")
+        print(f"--init-from: the critic {'starts' if args.value_norm else 'stops'} learning standardised returns "
+              f"(--{'' if args.value_norm else 'no-'}value-norm)")
     try:
         Agent(args, len(MOVES)).load_state_dict(model)
     except Exception as error:  # the first weight whose shape the flags change, named
