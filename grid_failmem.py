@@ -703,7 +703,7 @@ def distinct_rows(rows):
 class ValueNorm(nn.Module):
     """--value-norm: running moments of the value targets, so that the critic learns standardised returns while
     every value it gives (rollout, GAE, logs) is in return units. The moments are a debiased exponential average
-    over updates: the targets of the default task climb from ~3 to ~18 a trial as the agent learns, and the critic
+    over updates: the default task's trial returns climb from ~3 to ~60 as the agent learns, and the critic
     should follow them, not their average over the whole run. Before the first update it is the identity."""
 
     def __init__(self, decay=0.99):
