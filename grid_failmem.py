@@ -714,7 +714,7 @@ class ValueNorm(nn.Module):
 
     def update(self, returns):
         returns = returns.double()
-        batch = torch.stack([returns.mean(), returns.square().mean(), torch.ones_like(returns[(0,) * returns.dim()])])
+        batch = torch.stack([returns.mean(), returns.square().mean(), returns.new_ones(())])
         self.moments.mul_(self.decay).add_(batch, alpha=1 - self.decay)
 
     def mean_std(self):
@@ -922,9 +922,11 @@ def ppo_update(agent, optimizer, args, batch, device):
     `trials_per_minibatch` whole sequences a minibatch. Returns the losses of the last one."""
     clipfracs = []
     # --value-norm: the value loss and its clip in standard deviations of the returns, as the critic learns them
-    scale = (lambda values: values) if agent.value_norm is None else agent.value_norm.normalize
+    scale = lambda values: values  # noqa: E731
     if agent.value_norm is not None:
         agent.value_norm.update(batch["returns"].to(device))
+        mean, std = agent.value_norm.mean_std()  # fixed for the whole update: computed once
+        scale = lambda values: (values - mean) / std  # noqa: E731
     if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
         advantages = batch["advantages"]
         batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
