@@ -54,6 +54,7 @@ LEVERS = {  # name -> flags added to BASE and the rung's flags
     "no-vclip": ["--no-clip-vloss"],
     "episodic-gae": ["--episodic-gae"],
     "time-value": ["--time-aware-value"],
+    "value-norm": ["--value-norm"],
     "lr1e-3": ["--learning-rate", "1e-3"],
     "lr2e-3": ["--learning-rate", "2e-3"],
     "grad-norm5": ["--max-grad-norm", "5"],
