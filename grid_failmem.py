@@ -145,10 +145,10 @@ class Args:
     """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
     its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it.
     Not in the paper; on the default task +0.029 held-out, higher on 5 paired seeds of 5 (README)"""
-    value_norm: bool = False
+    value_norm: bool = True
     """if toggled, the critic learns the returns standardised by their running mean and standard deviation, and
     the value clip acts in standard deviations instead of return units (Sec. 2.3 of Yu et al. 2022, "ValueNorm");
-    not in the paper"""
+    not in the paper; on the default task +0.031 held-out on 5 paired seeds, 0.6 reached sooner (README)"""
 
     # PPO (Appendix A)
     total_timesteps: int = 1_500_000

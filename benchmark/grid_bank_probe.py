@@ -40,8 +40,9 @@ MOVE_OF = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}
 
 
 # the supervised probes train no critic; without its t / T input (the default since 2026-11-28) a fresh agent draws
-# the weights, and the torch RNG after them, that the docs' probes drew
-NO_CRITIC_TIME = dict(time_aware_value=False)
+# the weights, and the torch RNG after them, that the docs' probes drew (and its args, without the critic's
+# standardised targets of 2026-11-29, are the docs')
+NO_CRITIC_TIME = dict(time_aware_value=False, value_norm=False)
 
 
 def straight_walk(start, target, avoid):

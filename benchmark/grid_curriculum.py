@@ -76,7 +76,8 @@ def stage_runs(args, stage, starts):
             init = ["--init-from", starts[agent, seed]] if starts else []
             runs.append((["nice", "-n", str(args.nice), sys.executable, str(ROOT / "grid_failmem.py"), "--agent", agent,
                           "--seed", str(seed), "--threads", "1", "--eval-levels", "100", *STAGES[stage], *init,
-                          "--no-time-aware-value",  # the critic of the docs, made before its t / T input was the default
+                          # the critic of the docs, made before its t / T input and standardised targets were defaults
+                          "--no-time-aware-value", "--no-value-norm",
                           "--exp-name", exp_name(args.tag, stage)], f"grid_{exp_name(args.tag, stage)}_{agent}_{seed}.log"))
     return runs
 

@@ -31,9 +31,9 @@ from learning import launch, machine, mean_and_spread, scalars, smooth, write_do
 ROOT = Path(__file__).resolve().parents[1]
 # Every run starts from grid_failmem.py's defaults as they were before the two-block defaults of 2026-11-26 (the
 # paper's 16 x 16 task, 1,000 training levels, lr 5e-4, bank and SNAIL per trial) and the critic's t / T input of
-# 2026-11-28: the docs here were made on them
+# 2026-11-28 and the standardised value targets of 2026-11-29: the docs here were made on them
 BASE = ["--grid-size", "16", "--num-blocks", "3", "--num-train-levels", "1000", "--learning-rate", "5e-4",
-        "--mem-update", "trial", "--train-history", "trial", "--no-time-aware-value"]
+        "--mem-update", "trial", "--train-history", "trial", "--no-time-aware-value", "--no-value-norm"]
 # rung -> (flags of every run, the metric, its goal, the budget of the goal in steps)
 RUNGS = {
     "L1": (BASE + ["--agent", "ppo-finetune", "--num-blocks", "1", "--eval-every", "0", "--num-test-levels", "5"],

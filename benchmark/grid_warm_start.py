@@ -69,8 +69,9 @@ def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
     explorer's trials for `steps` Adam steps (1e-3) of `batch` trials: the log-probability of every move.
     -> (agent, its Args)."""
     torch.manual_seed(seed)
-    # cloning trains no critic; without its t / T input it draws the weights the docs' clones drew
-    args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size, time_aware_value=False)
+    # cloning trains no critic; without its t / T input it draws the weights the docs' clones drew, and without
+    # standardised targets its checkpoint is the one the docs' PPO stages (--no-value-norm) start from unchanged
+    args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size, time_aware_value=False, value_norm=False)
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)

@@ -952,8 +952,11 @@ def test_init_from_starts_a_new_run_from_the_weights_on_another_grid(stopped_run
         assert out.returncode == 0, out.stderr
     warm, cold = (torch.load(glob.glob(str(tmp_path / "runs" / f"grid__{name}__*" / "agent.pt"))[0],
                           weights_only=True)["model"] for name in ("warm", "cold"))
-    assert all(torch.allclose(warm[key].float(), start[key].float(), atol=1e-6) for key in start)
-    assert not all(torch.allclose(cold[key].float(), start[key].float(), atol=1e-6) for key in start)
+    # the critic's return moments (--value-norm) are running statistics of the data, which no lr holds still
+    weights = [key for key in start if key != "value_norm.moments"]
+    assert all(torch.allclose(warm[key].float(), start[key].float(), atol=1e-6) for key in weights)
+    assert not all(torch.allclose(cold[key].float(), start[key].float(), atol=1e-6) for key in weights)
+    assert not torch.equal(warm["value_norm.moments"], start["value_norm.moments"])
 
 
 @pytest.mark.parametrize("made_with,run_with", [(False, True), (True, False)])
