@@ -20,6 +20,7 @@ memory bank (Sec. 2), the agent (Sec. 2.1-2.3 with the blocks of common.py), the
 
 import colorsys
 import copy
+import functools
 import math
 import netrc
 import os
@@ -724,8 +725,9 @@ class ValueNorm(nn.Module):
         var = torch.where(seen, square / weight.clamp_min(1e-12) - mean.square(), 1.0)
         return mean.float(), var.clamp_min(1e-4).sqrt().float()
 
-    def normalize(self, values):
-        mean, std = self.mean_std()
+    def normalize(self, values, mean_std=None):
+        """`mean_std`: moments already computed, as an update that holds them fixed passes them."""
+        mean, std = mean_std or self.mean_std()
         return (values - mean) / std
 
     def denormalize(self, values):
@@ -925,8 +927,8 @@ def ppo_update(agent, optimizer, args, batch, device):
     scale = lambda values: values  # noqa: E731
     if agent.value_norm is not None:
         agent.value_norm.update(batch["returns"].to(device))
-        mean, std = agent.value_norm.mean_std()  # fixed for the whole update: computed once
-        scale = lambda values: (values - mean) / std  # noqa: E731
+        # fixed for the whole update: computed once
+        scale = functools.partial(agent.value_norm.normalize, mean_std=agent.value_norm.mean_std())
     if args.norm_adv == "batch":  # with sparse rewards many minibatches hold no success to normalise by
         advantages = batch["advantages"]
         batch = dict(batch, advantages=(advantages - advantages.mean()) / (advantages.std() + 1e-8))
