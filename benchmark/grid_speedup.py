@@ -2,12 +2,14 @@
 the two alternate, round after round, so that both see the same machine, and the ratio is taken per round.
 
     python benchmark/grid_speedup.py --before REV --name NAME [--rounds 3] [--updates 3] [--pass-trials 4 40]
-        [-- FLAGS...]
+        [--threads 1] [--threads-now K] [-- FLAGS...]
 
 FLAGS go to both scripts (the task, the batch, `--init-from` a checkpoint). Training SPS is wall time, which a
 machine running other work makes noisy; `--pass-trials` also times one minibatch of that many trials (random walks
 on the task of `--grid-size` and `--num-blocks` in FLAGS, every bank slot filled) forward + backward in CPU time,
-which other work inflates much less. Writes docs/grid_speedup_NAME.md.
+which other work inflates much less. `--threads-now` gives today's runs another number of torch threads than
+`--threads` gives the revision's: with `--before HEAD` it measures what a second thread buys one run (on 2 cores:
+whether one run on both beats two runs of one thread each). Writes docs/grid_speedup_NAME.md.
 For the default task's network-by-network breakdown, see grid_throughput.py.
 """
 
@@ -75,10 +77,12 @@ def main(argv=None):
     parser.add_argument("--num-envs", type=int, default=48)
     parser.add_argument("--obs-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads-now", type=int, help="torch threads of today's runs (not given: --threads)")
     parser.add_argument("--pass-trials", type=int, nargs="*", default=[], help="also time one minibatch of this many "
                         "trials, forward + backward, in CPU ms")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    for flag in ("--rounds", "--updates", "--num-envs", "--threads"):
+    args.threads_now = args.threads if args.threads_now is None else args.threads_now
+    for flag in ("--rounds", "--updates", "--num-envs", "--threads", "--threads-now"):
         if getattr(args, flag[2:].replace("-", "_")) < 1:
             parser.error(f"{flag} must be positive")
     if any(trials < 1 for trials in args.pass_trials):
@@ -91,24 +95,28 @@ def main(argv=None):
     except subprocess.CalledProcessError:
         parser.error(f"--before: git has no grid_failmem.py and common.py at {args.before!r}")
     run = SimpleNamespace(obs_size=args.obs_size, num_envs=args.num_envs, threads=args.threads, updates=args.updates)
+    run_now = SimpleNamespace(**{**vars(run), "threads": args.threads_now})
     rounds, passes = [], {trials: [] for trials in args.pass_trials}
     for index in range(args.rounds):
-        then, now = train(run, flags, before), train(run, flags)
+        then, now = train(run, flags, before), train(run_now, flags)
         rounds.append((then, now))
         print(f"round {index + 1}: at {args.before} {then[0]:,} SPS, now {now[0]:,} SPS, {now[0] / then[0]:.2f}x",
               flush=True)
         for trials, measured in passes.items():
-            measured.append((pass_ms(before, trials, args.threads, flags), pass_ms(ROOT, trials, args.threads, flags)))
+            measured.append((pass_ms(before, trials, args.threads, flags), pass_ms(ROOT, trials, args.threads_now, flags)))
             print(f"round {index + 1}: a minibatch of {trials} trials, CPU ms at {args.before} {measured[-1][0]:.1f}, "
                   f"now {measured[-1][1]:.1f}", flush=True)
     ratios = [now[0] / then[0] for then, now in rounds]
     mean = lambda i, j: np.mean([r[i][j] for r in rounds])  # noqa: E731
+    threads_now = f" --threads-now {args.threads_now}" if args.threads_now != args.threads else ""
     text = [f"# Gridworld training SPS, now against {args.before}: {args.name}", "",
             f"Made by `python benchmark/grid_speedup.py --before {args.before} --name {args.name} --rounds {args.rounds} "
             f"--updates {args.updates} --num-envs {args.num_envs} --obs-size {args.obs_size} --threads {args.threads}"
-            + (f" -- {' '.join(flags)}" if flags else "") + f"` on {cpu_name()}, torch {torch.__version__}. Each run is "
-            f"grid_failmem.py for {args.updates} updates of {80 * args.num_envs:,} steps from a fresh process; its SPS "
-            "is the mean over them, as the script prints it.", "",
+            + threads_now + (f" -- {' '.join(flags)}" if flags else "") + f"` on {cpu_name()}, torch {torch.__version__}. "
+            f"Each run is grid_failmem.py for {args.updates} updates of {80 * args.num_envs:,} steps from a fresh "
+            "process; its SPS is the mean over them, as the script prints it."
+            + (f" The runs at {args.before} have {args.threads} torch thread(s), today's {args.threads_now}; CPU time "
+               "sums over threads." if threads_now else ""), "",
             "| round | SPS at " + args.before + " | SPS now | now / before |", "|---|---|---|---|",
             *[f"| {i + 1} | {then[0]:,} | {now[0]:,} | {now[0] / then[0]:.2f}x |" for i, (then, now) in enumerate(rounds)],
             "",

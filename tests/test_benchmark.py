@@ -772,8 +772,23 @@ def test_speedup_alternates_the_revisions_and_writes_each_rounds_ratio(tmp_path,
     assert "Median ratio **1.20x** (range 1.10-1.50)" in doc
 
 
+def test_speedup_gives_todays_runs_their_own_threads(tmp_path, monkeypatch):
+    import grid_speedup
+
+    threads = []
+    monkeypatch.setattr(grid_speedup, "train", lambda run, flags, script_dir=None: threads.append(run.threads) or (500, 0.5, 2.0))
+    monkeypatch.setattr(grid_speedup, "checkout", lambda revision: tmp_path / revision)
+    monkeypatch.setattr(grid_speedup, "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    grid_speedup.main(["--before", "HEAD", "--name", "x", "--rounds", "2", "--threads", "1", "--threads-now", "2"])
+    assert threads == [1, 2, 1, 2]
+    doc = (tmp_path / "docs" / "grid_speedup_x.md").read_text()
+    assert "--threads 1 --threads-now 2`" in doc and "today's 2" in doc
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--before", "HEAD", "--name", "x", "--rounds", "0"], "--rounds must be positive"),
+    (["--before", "HEAD", "--name", "x", "--threads-now", "0"], "--threads-now must be positive"),
     (["--before", "no-such-revision", "--name", "x"], "--before: git has no grid_failmem.py"),
 ])
 def test_speedup_refuses_bad_flags_before_any_run(argv, message, monkeypatch, capsys):
