@@ -309,6 +309,46 @@ def test_time_aware_critic_sees_the_step_and_the_actor_does_not(time_aware):
     torch.testing.assert_close(values1 - values0, torch.full((2, 5), expected))
 
 
+def test_value_norm_moments_are_a_debiased_average_over_updates_and_start_as_the_identity():
+    norm = mw.ValueNorm(decay=0.9)
+    values = torch.tensor([[-1.0, 2.0, 7.5]])
+    assert torch.equal(norm.normalize(values), values) and torch.equal(norm.denormalize(values), values)
+    batches = [torch.tensor([1.0, 3.0]), torch.tensor([10.0, 10.0, 16.0]), torch.tensor([[-2.0, 0.0], [4.0, 6.0]])]
+    for batch in batches:
+        norm.update(batch)
+    weights = np.array([0.9**2, 0.9, 1.0]) * 0.1
+    mean = sum(w * b.double().mean().item() for w, b in zip(weights, batches)) / weights.sum()
+    square = sum(w * b.double().square().mean().item() for w, b in zip(weights, batches)) / weights.sum()
+    got_mean, got_std = norm.mean_std()
+    assert got_mean.item() == pytest.approx(mean, rel=1e-6)
+    assert got_std.item() == pytest.approx((square - mean**2) ** 0.5, rel=1e-6)
+    assert torch.allclose(norm.normalize(values), (values - mean) / got_std)
+
+
+def test_value_norm_gives_values_in_return_units_and_the_value_loss_in_standard_deviations():
+    """The critic's output is standardised: the agent's values are it times the returns' std plus their mean, and
+    PPO's value loss compares it with the standardised returns (the moments updated once, with this batch)."""
+    torch.manual_seed(0)
+    args = small_args(agent="ppo-finetune", value_norm=True, trials_per_minibatch=4, update_epochs=1, clip_vloss=False)
+    agent = mw.Agent(args, 3)
+    B, T = 4, args.trial_len
+    frames = torch.randint(0, 256, (B, T, args.obs_size, args.obs_size, 3), dtype=torch.uint8)
+    zeros, actions = torch.zeros(B, T), torch.randint(0, 3, (B, T))
+    returns = 10.0 + 5.0 * torch.randn(B, T)
+    with torch.no_grad():
+        _, logprobs, _, raw = agent.get_action_and_value(frames, actions, zeros, zeros, [], actions)
+    batch = dict(frames=frames, prev_actions=actions, prev_rewards=zeros, starts=zeros, banks=[], actions=actions,
+                 logprobs=logprobs, advantages=torch.randn(B, T), returns=returns, values=raw)
+    stats = mw.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=0.0), args, batch, "cpu")
+    mean, std = agent.value_norm.mean_std()
+    assert mean.item() == pytest.approx(returns.mean().item(), rel=1e-5)
+    assert std.item() == pytest.approx(returns.std(unbiased=False).item(), rel=1e-4)
+    assert stats["value_loss"] == pytest.approx((0.5 * (raw - (returns - mean) / std).square().mean()).item(), rel=1e-4)
+    with torch.no_grad():
+        after = agent.get_action_and_value(frames, actions, zeros, zeros, [], actions)[3]
+    assert torch.allclose(after, raw * std + mean, atol=1e-4)  # the weights did not move (lr 0); the moments did
+
+
 def test_finetune_agents_see_only_the_current_episode():
     """ppo-finetune acts on o_t alone, ppo-finetune-attn on the steps of the current episode;
     SNAIL sees the whole trial."""
@@ -478,12 +518,14 @@ def run_script(*flags, env=None, cwd=ROOT):
     )
 
 
-@pytest.mark.parametrize("agent", ["memory", "snail", "ppo-finetune", "ppo-finetune-attn"])
-def test_train_then_eval_only(agent, tmp_path):
+@pytest.mark.parametrize("agent, extra", [("memory", []), ("snail", ["--value-norm"]), ("ppo-finetune", []),
+                                          ("ppo-finetune-attn", [])])
+def test_train_then_eval_only(agent, extra, tmp_path):
     # the memory and ppo-finetune-attn runs step their envs in 2 worker processes (ppo-finetune-attn's
-    # test room then renders in this process beside them), the others in their own process
+    # test room then renders in this process beside them), the others in their own process; the snail run's
+    # critic learns standardised returns, whose moments its checkpoint must carry to --eval-only
     workers = ["--num-workers", "2" if agent in ("memory", "ppo-finetune-attn") else "0"]
-    flags = [*TINY, *workers, "--agent", agent, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
+    flags = [*TINY, *workers, "--agent", agent, *extra, "--total-timesteps", "40", "--exp-name", f"pytest_{tmp_path.name}"]
     train = run_script(*flags, cwd=tmp_path)  # its runs/ and the evaluation's in tmp_path, not the repository
     assert train.returncode == 0, train.stderr[-3000:]
     assert "update 2/2" in train.stdout
@@ -678,7 +720,7 @@ def test_rollout_matches_update(mem_update, train_history, tmp_path):
 
 # --- checkpoints older than the network-size and history flags -----------------------------
 NEW_FLAGS = ("cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "mem_update", "train_history",
-             "test_history", "time_aware_value", "episodic_gae")
+             "test_history", "time_aware_value", "episodic_gae", "value_norm")
 PAPER_SIZES = ["--cnn-blocks", "2", "--snail-blocks", "2", "--snail-filters", "32"]
 
 
@@ -702,7 +744,7 @@ def test_an_old_checkpoint_reads_as_the_paper_sizes_made_per_trial(old_checkpoin
     assert (saved.cnn_channels, saved.cnn_blocks, saved.cnn_out, saved.snail_blocks, saved.snail_filters) == (
         (16, 32, 32), 2, 256, 2, 32)
     assert (saved.mem_update, saved.train_history, saved.test_history) == ("trial", "trial", "trial")
-    assert not saved.time_aware_value and not saved.episodic_gae
+    assert not saved.time_aware_value and not saved.episodic_gae and not saved.value_norm
     agent = mw.load_checkpoint(str(path), mw.Args(), 3, "cpu")  # the command line's lean defaults lose
     assert not agent.episode_history and len(agent.snail.layers) == 2 * 2
     assert sum(isinstance(m, common.ResidualBlock) for m in agent.cnn.modules()) == 3 * 2
