@@ -309,46 +309,6 @@ def test_time_aware_critic_sees_the_step_and_the_actor_does_not(time_aware):
     torch.testing.assert_close(values1 - values0, torch.full((2, 5), expected))
 
 
-def test_value_norm_moments_are_a_debiased_average_over_updates_and_start_as_the_identity():
-    norm = mw.ValueNorm(decay=0.9)
-    values = torch.tensor([[-1.0, 2.0, 7.5]])
-    assert torch.equal(norm.normalize(values), values) and torch.equal(norm.denormalize(values), values)
-    batches = [torch.tensor([1.0, 3.0]), torch.tensor([10.0, 10.0, 16.0]), torch.tensor([[-2.0, 0.0], [4.0, 6.0]])]
-    for batch in batches:
-        norm.update(batch)
-    weights = np.array([0.9**2, 0.9, 1.0]) * 0.1
-    mean = sum(w * b.double().mean().item() for w, b in zip(weights, batches)) / weights.sum()
-    square = sum(w * b.double().square().mean().item() for w, b in zip(weights, batches)) / weights.sum()
-    got_mean, got_std = norm.mean_std()
-    assert got_mean.item() == pytest.approx(mean, rel=1e-6)
-    assert got_std.item() == pytest.approx((square - mean**2) ** 0.5, rel=1e-6)
-    assert torch.allclose(norm.normalize(values), (values - mean) / got_std)
-
-
-def test_value_norm_gives_values_in_return_units_and_the_value_loss_in_standard_deviations():
-    """The critic's output is standardised: the agent's values are it times the returns' std plus their mean, and
-    PPO's value loss compares it with the standardised returns (the moments updated once, with this batch)."""
-    torch.manual_seed(0)
-    args = small_args(agent="ppo-finetune", value_norm=True, trials_per_minibatch=4, update_epochs=1, clip_vloss=False)
-    agent = mw.Agent(args, 3)
-    B, T = 4, args.trial_len
-    frames = torch.randint(0, 256, (B, T, args.obs_size, args.obs_size, 3), dtype=torch.uint8)
-    zeros, actions = torch.zeros(B, T), torch.randint(0, 3, (B, T))
-    returns = 10.0 + 5.0 * torch.randn(B, T)
-    with torch.no_grad():
-        _, logprobs, _, raw = agent.get_action_and_value(frames, actions, zeros, zeros, [], actions)
-    batch = dict(frames=frames, prev_actions=actions, prev_rewards=zeros, starts=zeros, banks=[], actions=actions,
-                 logprobs=logprobs, advantages=torch.randn(B, T), returns=returns, values=raw)
-    stats = mw.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=0.0), args, batch, "cpu")
-    mean, std = agent.value_norm.mean_std()
-    assert mean.item() == pytest.approx(returns.mean().item(), rel=1e-5)
-    assert std.item() == pytest.approx(returns.std(unbiased=False).item(), rel=1e-4)
-    assert stats["value_loss"] == pytest.approx((0.5 * (raw - (returns - mean) / std).square().mean()).item(), rel=1e-4)
-    with torch.no_grad():
-        after = agent.get_action_and_value(frames, actions, zeros, zeros, [], actions)[3]
-    assert torch.allclose(after, raw * std + mean, atol=1e-4)  # the weights did not move (lr 0); the moments did
-
-
 def test_finetune_agents_see_only_the_current_episode():
     """ppo-finetune acts on o_t alone, ppo-finetune-attn on the steps of the current episode;
     SNAIL sees the whole trial."""
