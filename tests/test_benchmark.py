@@ -776,7 +776,12 @@ def test_speedup_gives_todays_runs_their_own_threads(tmp_path, monkeypatch):
     import grid_speedup
 
     threads = []
-    monkeypatch.setattr(grid_speedup, "train", lambda run, flags, script_dir=None: threads.append(run.threads) or (500, 0.5, 2.0))
+
+    def train(run, flags, script_dir=None):
+        threads.append(run.threads)
+        return 500, 0.5, 2.0
+
+    monkeypatch.setattr(grid_speedup, "train", train)
     monkeypatch.setattr(grid_speedup, "checkout", lambda revision: tmp_path / revision)
     monkeypatch.setattr(grid_speedup, "ROOT", tmp_path)
     (tmp_path / "docs").mkdir()
