@@ -10,6 +10,8 @@ failure, as in grid_bank_probe.py):
   - a bank naming N alone: does it read a failure that is not its favourite?
   - a bank naming F and N, in either order: the Bayes-optimal agent walks to the third block, the one no
     failure names. One that reads only whether its favourite failed walks to N again.
+With both named, the reader's attention at the episode's first step says how it reads them: the weight each head
+puts on F's entry (the rest goes to N's), and the share of heads that put over 0.9 on one entry.
 Writes docs/grid_two_failures.md or --out.
 
     python benchmark/grid_two_failures.py [checkpoints] --supervised-steps 3000 --seeds 1 2 3 --out docs/grid_two_failures_supervised.md
@@ -23,6 +25,7 @@ alone (the rest frozen) and for the whole agent.
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +41,31 @@ from learning import write_doc  # noqa: E402
 BANKS = ("empty", "F", "N", "F, N", "N, F")  # the blocks each bank's failures walked into, oldest first
 
 
+@contextmanager
+def attention_recorded(agent):
+    """While inside, every call of the agent's (first) reader appends its attention weights, (B, heads, Q, N)
+    with the bank's slots oldest first, to the list it yields; the read itself is unchanged."""
+    attention = agent.memory_read[0].attention
+    forward, calls = attention.forward, []
+
+    def recording(*inputs, **options):
+        # a second call for the weights: asking the first for them takes another kernel, whose sums differ in the
+        # last bits, and the greedy walks should be the ones the probe without weights makes
+        _, weights = forward(*inputs, **dict(options, need_weights=True, average_attn_weights=False))
+        calls.append(weights.detach())
+        return forward(*inputs, **options)
+
+    attention.forward = recording
+    try:
+        yield calls
+    finally:
+        del attention.forward  # the instance attribute hid the module's own forward
+
+
 def probe(path, num_levels):
-    """The block hit (-1: none) on each usable level under each bank of BANKS, and F and N per level
-    (N: -1 where the bank naming F sent the agent to no other block; those levels get no two-failure banks)."""
+    """The block hit (-1: none) on each usable level under each bank of BANKS, F and N per level (N: -1 where the
+    bank naming F sent the agent to no other block; those levels get no two-failure banks), and for the banks naming
+    both, the reader's attention at the first step on F's entry, (levels, heads) (rows of levels without N: NaN)."""
     args = grid.Args(num_test_levels=num_levels)
     agent = grid.load_checkpoint(path, args, len(grid.MOVES), torch.device("cpu")).eval()
     if args.num_blocks != 3 or not agent.use_memory:
@@ -57,9 +82,15 @@ def probe(path, num_levels):
     hits["F"] = hits_with([[f] if f >= 0 else [] for f in favourite])
     nxt = np.where((favourite >= 0) & (hits["F"] >= 0) & (hits["F"] != favourite), hits["F"], -1)
     hits["N"] = hits_with([[n] if n >= 0 else [] for n in nxt])
-    hits["F, N"] = hits_with([[f, n] if n >= 0 else [] for f, n in zip(favourite, nxt)])
-    hits["N, F"] = hits_with([[n, f] if n >= 0 else [] for f, n in zip(favourite, nxt)])
-    return favourite, nxt, hits
+    on_favourite = {}
+    for bank, f_slot in (("F, N", 0), ("N, F", 1)):
+        named = [([f, n] if f_slot == 0 else [n, f]) if n >= 0 else [] for f, n in zip(favourite, nxt)]
+        with attention_recorded(agent) as calls:
+            hits[bank] = hits_with(named)
+        weights = calls[0][:, :, 0, f_slot].numpy().astype(float)  # the first step's query
+        weights[nxt < 0] = np.nan
+        on_favourite[bank] = weights
+    return favourite, nxt, hits, on_favourite
 
 
 def walk_cases(args, split, count, rng):
@@ -138,8 +169,9 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     return {k: (right[num_named == k].mean(), int((num_named == k).sum())) for k in (1, 2)}, agent, args
 
 
-def shares(favourite, nxt, hits):
-    """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for."""
+def shares(favourite, nxt, hits, on_favourite=None):
+    """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for; with
+    `on_favourite` (probe's), the reader's mean weight on F's entry and its share of heads peaked on one entry."""
     walked, paired = favourite >= 0, nxt >= 0
     third = 3 - favourite - nxt  # blocks are 0, 1, 2
     cells = {"levels": len(favourite), "empty: a block": walked.mean(), "levels with N": paired.sum()}
@@ -152,6 +184,10 @@ def shares(favourite, nxt, hits):
         cells.update({f"{bank}: the third": (h == third[paired]).mean(), f"{bank}: F": (h == favourite[paired]).mean(),
                       f"{bank}: N": (h == nxt[paired]).mean(), f"{bank}: none": (h < 0).mean()})
     cells["same block either order"] = (hits["F, N"][paired] == hits["N, F"][paired]).mean()
+    for bank, weights in (on_favourite or {}).items():
+        weights = weights[paired]
+        cells[f"{bank}: weight on F"] = weights.mean()
+        cells[f"{bank}: heads over 0.9 on one"] = ((weights > 0.9) | (weights < 0.1)).mean()
     return cells
 
 
@@ -224,7 +260,10 @@ def main(argv=None):
             "block exists, one greedy episode per bank from the level's start, SNAIL fresh. F: the block the "
             "empty-bank episode walks to; N: the block it walks to when the bank names F (levels where it walks to "
             "another block). A bank names a block by holding a scripted walk into it, stored as a failure. "
-            "Bayes-optimal: never the named block, and the third block when F and N are both named.", "",
+            "Bayes-optimal: never the named block, and the third block when F and N are both named. Weight on F: "
+            "with both named, the reader's attention on F's entry at the episode's first step, averaged over its "
+            "heads and the levels (the rest is on N's); heads over 0.9 on one: the share of (level, head) pairs "
+            "that put over 0.9 on one of the two.", "",
             "| agent | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cells in rows:
         text.append(f"| `{name}` | " + " | ".join(

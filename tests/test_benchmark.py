@@ -581,9 +581,40 @@ def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
     torch.manual_seed(0)
     torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
                     model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
-    favourite, nxt, hits = probe.probe(str(tmp_path / "agent.pt"), 6)
+    favourite, nxt, hits, on_favourite = probe.probe(str(tmp_path / "agent.pt"), 6)
     assert set(hits) == set(probe.BANKS) and all(len(h) == len(favourite) for h in hits.values())
     assert ((nxt == -1) | (nxt != favourite)).all() and (hits["empty"] == favourite).all()
+    assert set(on_favourite) == {"F, N", "N, F"}
+    for weights in on_favourite.values():
+        assert weights.shape == (len(favourite), args.num_heads)
+        assert np.isnan(weights[nxt < 0]).all() and ((weights[nxt >= 0] >= 0) & (weights[nxt >= 0] <= 1)).all()
+    cells = probe.shares(favourite, nxt, hits, on_favourite)
+    assert "F, N: weight on F" in cells and "N, F: heads over 0.9 on one" in cells
+
+
+def test_two_failures_records_the_readers_attention_without_changing_the_read():
+    import torch
+
+    import grid_failmem as grid
+    import grid_two_failures as probe
+
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12)
+    torch.manual_seed(0)
+    agent = grid.Agent(args, len(grid.MOVES)).eval()
+    reader = agent.memory_read[0]
+    query, memory = torch.randn(3, 1, 16), torch.randn(3, 8, 16)
+    valid = torch.zeros(3, 8, dtype=torch.bool)
+    valid[:, :2] = True
+    valid[2] = False  # an empty bank: m_o = 0
+    before = reader(query, memory, valid)
+    with probe.attention_recorded(agent) as calls:
+        during = reader(query, memory, valid)
+    assert torch.equal(before, during) and torch.equal(reader(query, memory, valid), before)
+    (weights,) = calls
+    assert weights.shape == (3, args.num_heads, 1, 8)
+    assert torch.allclose(weights[:2].sum(-1), torch.ones(2, args.num_heads, 1))
+    assert (weights[:2, ..., 2:] == 0).all()  # padded slots get no weight
+    assert "forward" not in vars(reader.attention)  # the module's own forward is back
 
 
 def test_two_failures_supervised_cases_target_a_block_no_failure_names():
