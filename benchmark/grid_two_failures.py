@@ -188,6 +188,8 @@ def shares(favourite, nxt, hits, on_favourite=None):
         weights = weights[paired]
         cells[f"{bank}: weight on F"] = weights.mean()
         cells[f"{bank}: heads over 0.9 on one"] = ((weights > 0.9) | (weights < 0.1)).mean()
+        # multi-head attention concatenates its heads: one head on each entry carries both failures side by side
+        cells[f"{bank}: a head on each"] = ((weights > 0.9).any(1) & (weights < 0.1).any(1)).mean()
     return cells
 
 
@@ -263,7 +265,9 @@ def main(argv=None):
             "Bayes-optimal: never the named block, and the third block when F and N are both named. Weight on F: "
             "with both named, the reader's attention on F's entry at the episode's first step, averaged over its "
             "heads and the levels (the rest is on N's); heads over 0.9 on one: the share of (level, head) pairs "
-            "that put over 0.9 on one of the two.", "",
+            "that put over 0.9 on one of the two; a head on each: the share of levels where one head puts over 0.9 on "
+            "F's entry and another over 0.9 on N's (the heads' outputs are concatenated, so such a read keeps the two "
+            "failures apart).", "",
             "| agent | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cells in rows:
         text.append(f"| `{name}` | " + " | ".join(

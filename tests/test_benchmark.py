@@ -556,6 +556,13 @@ def test_two_failures_tells_a_reader_of_both_failures_from_one_that_reads_its_fa
     only_favourite = dict(both, **{"F, N": nxt, "N, F": nxt})  # avoids F whatever else the bank names
     cells = probe.shares(favourite, nxt, only_favourite)
     assert cells["F, N: the third"] == 0.0 and cells["F, N: N"] == 1.0 and cells["N, F: N"] == 1.0
+    # the reader's weight on F's entry per level and head (4 heads; NaN on the levels without N)
+    split = np.array([[0.95, 0.02, 0.5, 0.5], [0.99, 0.5, 0.5, 0.08], [np.nan] * 4, [np.nan] * 4])
+    mixed = np.array([[0.6, 0.5, 0.5, 0.4], [0.95, 0.5, 0.5, 0.5], [np.nan] * 4, [np.nan] * 4])
+    cells = probe.shares(favourite, nxt, both, {"F, N": split, "N, F": mixed})
+    assert cells["F, N: a head on each"] == 1.0 and cells["N, F: a head on each"] == 0.0
+    assert cells["F, N: heads over 0.9 on one"] == 0.5 and cells["N, F: heads over 0.9 on one"] == 0.125
+    assert np.isclose(cells["N, F: weight on F"], 4.45 / 8)
 
 
 def test_two_failures_refuses_an_agent_that_is_not_a_three_block_memory_agent(tmp_path):
@@ -589,7 +596,7 @@ def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
         assert weights.shape == (len(favourite), args.num_heads)
         assert np.isnan(weights[nxt < 0]).all() and ((weights[nxt >= 0] >= 0) & (weights[nxt >= 0] <= 1)).all()
     cells = probe.shares(favourite, nxt, hits, on_favourite)
-    assert "F, N: weight on F" in cells and "N, F: heads over 0.9 on one" in cells
+    assert "F, N: weight on F" in cells and "N, F: heads over 0.9 on one" in cells and "F, N: a head on each" in cells
 
 
 def test_two_failures_records_the_readers_attention_without_changing_the_read():
