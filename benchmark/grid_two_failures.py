@@ -185,11 +185,14 @@ def shares(favourite, nxt, hits, on_favourite=None):
                       f"{bank}: N": (h == nxt[paired]).mean(), f"{bank}: none": (h < 0).mean()})
     cells["same block either order"] = (hits["F, N"][paired] == hits["N, F"][paired]).mean()
     for bank, weights in (on_favourite or {}).items():
-        weights = weights[paired]
+        weights, to_third = weights[paired], hits[bank][paired] == third[paired]
         cells[f"{bank}: weight on F"] = weights.mean()
         cells[f"{bank}: heads over 0.9 on one"] = ((weights > 0.9) | (weights < 0.1)).mean()
         # multi-head attention concatenates its heads: one head on each entry carries both failures side by side
-        cells[f"{bank}: a head on each"] = ((weights > 0.9).any(1) & (weights < 0.1).any(1)).mean()
+        split = (weights > 0.9).any(1) & (weights < 0.1).any(1)
+        cells[f"{bank}: a head on each"] = split.mean()
+        cells[f"{bank}: the third, a head on each"] = to_third[split].mean() if split.any() else np.nan
+        cells[f"{bank}: the third, not"] = to_third[~split].mean() if (~split).any() else np.nan
     return cells
 
 
@@ -267,7 +270,8 @@ def main(argv=None):
             "heads and the levels (the rest is on N's); heads over 0.9 on one: the share of (level, head) pairs "
             "that put over 0.9 on one of the two; a head on each: the share of levels where one head puts over 0.9 on "
             "F's entry and another over 0.9 on N's (the heads' outputs are concatenated, so such a read keeps the two "
-            "failures apart).", "",
+            "failures apart); the third, a head on each / not: the share walking to the third block among the levels "
+            "where the read is so split / is not.", "",
             "| agent | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cells in rows:
         text.append(f"| `{name}` | " + " | ".join(

@@ -563,6 +563,9 @@ def test_two_failures_tells_a_reader_of_both_failures_from_one_that_reads_its_fa
     assert cells["F, N: a head on each"] == 1.0 and cells["N, F: a head on each"] == 0.0
     assert cells["F, N: heads over 0.9 on one"] == 0.5 and cells["N, F: heads over 0.9 on one"] == 0.125
     assert np.isclose(cells["N, F: weight on F"], 4.45 / 8)
+    # with "both" every paired level walks to the third block: all of F, N's split levels, none unsplit there
+    assert cells["F, N: the third, a head on each"] == 1.0 and np.isnan(cells["F, N: the third, not"])
+    assert np.isnan(cells["N, F: the third, a head on each"]) and cells["N, F: the third, not"] == 1.0
 
 
 def test_two_failures_refuses_an_agent_that_is_not_a_three_block_memory_agent(tmp_path):
