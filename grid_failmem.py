@@ -1135,6 +1135,12 @@ def bank_tensors(banks, levels, device):
     return [bank.get(levels).to(device) for bank in banks]
 
 
+def failures_seen(view):
+    """How many stored trajectories each step of a trial read, (B, T), from a BankView with `visible`. The reader's
+    query and key projections learn only from steps that read two or more: with one, softmax gives it all the weight."""
+    return (view.visible & view.valid.any(-1)[:, None, :]).sum(-1)
+
+
 def summarize(result, num_blocks):
     per_episode = result["success"].mean(0)
     summary = {f"success_ep{k + 1}": float(s) for k, s in enumerate(per_episode)}
@@ -1661,6 +1667,8 @@ if __name__ == "__main__":
             writer.add_scalar(f"memory/{name}_evicted_levels", bank.evicted_levels, global_step)
             filled = trial_bank.valid.any(-1)  # (envs, slots)
             writer.add_scalar(f"memory/{name}_filled_slots_per_trial", filled.sum(1).float().mean(), global_step)
+            writer.add_scalar(f"memory/{name}_steps_reading_two_or_more", (failures_seen(trial_bank) >= 2).float().mean(),
+                              global_step)
             if filled.any():  # what the reader saw: stored episodes that ended on a wrong object, not the step limit
                 touched = (trial_bank.rewards < 0).any(-1)
                 writer.add_scalar(f"memory/{name}_wrong_touch_share", touched[filled].float().mean(), global_step)

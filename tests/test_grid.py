@@ -745,8 +745,12 @@ def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, 
         [run_dir] = glob.glob(str(tmp_path / "runs" / f"grid__{name}__*"))
         runs.append({tag: scalars(run_dir, tag) for tag in ("losses/value_loss", "losses/policy_loss",
                                                            "losses/entropy", "losses/approx_kl",
-                                                           "memory/bank_filled_slots_per_trial")})
+                                                           "memory/bank_filled_slots_per_trial",
+                                                           "memory/bank_steps_reading_two_or_more")})
     assert runs[0] == runs[1]
+    assert all(0 <= share <= 1 for share in runs[0]["memory/bank_steps_reading_two_or_more"])
+    if mem_update == "trial":  # the first trial's bank fills only at its end
+        assert runs[0]["memory/bank_steps_reading_two_or_more"][0] == 0
     # one epoch of one minibatch: the update's log-probs equal the rollout's, bank included
     assert max(abs(kl) for kl in runs[0]["losses/approx_kl"]) < 1e-6
     # with --mem-update episode the first trial already reads failures stored during it
@@ -1108,3 +1112,15 @@ def test_a_rollout_draws_distinct_levels_unless_there_are_fewer_levels_than_envs
         assert len(set(gf.rollout_levels(rng, 200, 16).tolist())) == 16
     few = gf.rollout_levels(rng, 3, 16)
     assert len(few) == 16 and set(few.tolist()) <= {0, 1, 2}
+
+
+def test_failures_seen_counts_the_filled_slots_each_step_read():
+    # two envs, a trial of 5 steps, 3 slots: env 0 stored a failure after step 0 and another after step 2; env 1 none
+    valid = torch.zeros(2, 3, 4, dtype=torch.bool)
+    valid[0, :2, 1:] = True
+    visible = torch.zeros(2, 5, 3, dtype=torch.bool)
+    visible[0, 1:, 0] = True
+    visible[0, 3:, 1] = True
+    visible[1, :, 2] = True  # a visible slot with nothing in it is not a read failure
+    view = gf.BankView(None, None, None, valid, visible)
+    assert gf.failures_seen(view).tolist() == [[0, 1, 1, 2, 2], [0, 0, 0, 0, 0]]
