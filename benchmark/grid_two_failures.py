@@ -11,7 +11,8 @@ failure, as in grid_bank_probe.py):
   - a bank naming F and N, in either order: the Bayes-optimal agent walks to the third block, the one no
     failure names. One that reads only whether its favourite failed walks to N again.
 With both named, the reader's attention at the episode's first step says how it reads them: the weight each head
-puts on F's entry (the rest goes to N's), and the share of heads that put over 0.9 on one entry.
+puts on F's entry (the rest goes to N's), the share of heads that put over 0.9 on one entry, and the share of levels
+where one head looks at each (the heads are concatenated, so such a read keeps the two failures apart).
 Writes docs/grid_two_failures.md or --out.
 
     python benchmark/grid_two_failures.py [checkpoints] --supervised-steps 3000 --seeds 1 2 3 --out docs/grid_two_failures_supervised.md
@@ -171,7 +172,8 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
 
 def shares(favourite, nxt, hits, on_favourite=None):
     """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for; with
-    `on_favourite` (probe's), the reader's mean weight on F's entry and its share of heads peaked on one entry."""
+    `on_favourite` (probe's), the reader's mean weight on F's entry, its share of heads peaked on one entry, of levels
+    with a head on each, and the third-block shares on those levels and the others."""
     walked, paired = favourite >= 0, nxt >= 0
     third = 3 - favourite - nxt  # blocks are 0, 1, 2
     cells = {"levels": len(favourite), "empty: a block": walked.mean(), "levels with N": paired.sum()}
