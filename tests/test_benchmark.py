@@ -704,6 +704,89 @@ def test_two_failures_supervised_doc_lists_every_run_and_saves_checkpoints_that_
     assert "--supervised-steps must be 0 or more" in capsys.readouterr().err
 
 
+def tiny_three_block_agent(tmp_path, agent="memory"):
+    import torch
+
+    import grid_failmem as grid
+
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12, agent=agent)
+    torch.manual_seed(0)
+    torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
+                    model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / f"{agent}.pt")
+    return args, str(tmp_path / f"{agent}.pt")
+
+
+def test_read_decode_cases_target_the_named_block_or_the_one_no_failure_names():
+    import grid_failmem as grid
+    import grid_read_decode as decode
+
+    args = grid.Args(num_blocks=3)
+    for named_count in (1, 2):
+        levels, ids, named, targets, walks = decode.cases(args, "test", 30, named_count, np.random.default_rng(0))
+        assert len(ids) == len(named) == len(targets) > 0
+        for level, blocks, target in zip(ids, named, targets):
+            assert len(set(blocks)) == len(blocks) == named_count and all((level, b) in walks for b in range(3))
+            assert target == (blocks[0] if named_count == 1 else ({0, 1, 2} - set(blocks)).pop())
+    features = decode.block_features(args, levels, ids)
+    assert features.shape == (len(ids), 3, 3 + 4)
+    assert (features[..., :3].sum(-1) == 1).all()  # one colour each, and the three differ
+    assert (features[..., :3].sum(1) == 1).all()
+    offsets = (levels["blocks"][ids] - levels["starts"][ids][:, None]) / args.grid_size
+    assert np.allclose(features[..., 5:].numpy(), offsets)
+
+
+def test_read_decode_states_see_the_bank_except_the_observation_embedding(tmp_path):
+    import torch
+
+    import grid_failmem as grid
+    import grid_read_decode as decode
+
+    args, path = tiny_three_block_agent(tmp_path)
+    agent = grid.load_checkpoint(path, grid.Args(), len(grid.MOVES), torch.device("cpu")).eval()
+    levels, ids, named, _, walks = decode.cases(args, "test", 12, 2, np.random.default_rng(0))
+    two = decode.first_step_states(agent, args, levels, ids, named, walks)
+    one = decode.first_step_states(agent, args, levels, ids, [blocks[:1] for blocks in named], walks)
+    assert {name: state.shape for name, state in two.items()} == {
+        "v'_o": (len(ids), 16), "m_d": (len(ids), 16), "m_o": (len(ids), 16), "trunk": (len(ids), 256)}
+    assert torch.equal(one["v'_o"], two["v'_o"])
+    assert not torch.allclose(one["m_d"], two["m_d"]) and not torch.allclose(one["trunk"], two["trunk"])
+    # the hooks are gone and the agent's step is what it was
+    assert not any(module._forward_hooks for module in agent.modules())
+
+
+def test_read_decode_decoder_finds_a_target_the_state_carries_and_not_one_it_does_not():
+    import torch
+
+    import grid_read_decode as decode
+
+    rng = torch.Generator().manual_seed(0)
+    blocks = torch.rand(600, 3, 7, generator=rng)
+    targets = torch.randint(3, (600,), generator=rng)
+    carried = torch.cat([blocks[torch.arange(600), targets], torch.randn(600, 5, generator=rng)], -1)
+    split = lambda states: ((states[:400], blocks[:400], targets[:400]), (states[400:], blocks[400:], targets[400:]))
+    held_out, fitted = decode.decode(*split(carried), steps=400)
+    assert held_out > 0.9 and fitted > 0.9
+    blind, _ = decode.decode(*split(torch.randn(600, 12, generator=rng)), steps=400)
+    assert blind < 0.5
+
+
+def test_read_decode_writes_a_row_per_bank_and_refuses_other_agents(tmp_path, capsys):
+    import grid_read_decode as decode
+
+    _, path = tiny_three_block_agent(tmp_path)
+    decode.main([path, "--train-levels", "12", "--test-levels", "8", "--out", str(tmp_path / "doc.md")])
+    doc = (tmp_path / "doc.md").read_text()
+    assert "--train-levels 12 --test-levels 8" in doc
+    for bank in ("one failure: the named block", "two failures: the third block"):
+        assert doc.count(f"| `{tmp_path.name}` | {bank} |") == 1
+    _, snail = tiny_three_block_agent(tmp_path, agent="snail")
+    with pytest.raises(SystemExit, match="not a three-block agent of --agent memory"):
+        decode.measure(snail, 4, 4)
+    with pytest.raises(SystemExit):
+        decode.main([path, "--train-levels", "0"])
+    assert "--train-levels must be positive" in capsys.readouterr().err
+
+
 def test_warm_start_trials_walk_the_blocks_in_some_order_up_to_the_goal_then_the_goal():
     import grid_failmem as grid
     import grid_warm_start as warm
