@@ -39,7 +39,7 @@ READINGS = {  # flag name -> (name in the doc, the Args fields it sets on top of
     "train": ("greedy, on its training levels", {"eval_split": "train"}),
 }
 COLUMNS = ("success_ep1", "success_ep2", "success_ep3", "success_ep4", "success_ep5", "mean_success",
-           "goal_after_first_failure", "no_hit", "goal_nearest", "mean_success_goal_not_nearest")
+           "goal_after_first_failure", "goal_after_two_failures", "no_hit", "goal_nearest", "mean_success_goal_not_nearest")
 
 
 def goal_is_nearest(levels):
@@ -65,7 +65,7 @@ def readings_of(path, num_levels, readings=tuple(READINGS), checkpoint=None):
         run = dataclasses.replace(trained, **fields)
         levels = grid.task_levels(run, run.eval_split, num_levels)
         result = grid.evaluate(agent, run, levels, np.arange(num_levels), "cpu")
-        summaries[name] = grid.summarize(result, run.num_blocks)
+        summaries[name] = {"goal_after_two_failures": float("nan"), **grid.summarize(result, run.num_blocks)}  # X = 2: none
         nearest = goal_is_nearest(levels)
         summaries[name]["goal_nearest"] = float(nearest.mean())
         summaries[name]["mean_success_goal_not_nearest"] = float(result["success"][~nearest].mean())
@@ -101,7 +101,7 @@ def main():
     torch.set_num_threads(1)
 
     header = ["| checkpoint | agent | task | reading | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a first "
-              "failure | no block hit | levels whose goal is nearest | mean on the other levels |",
+              "failure | goal after two | no block hit | levels whose goal is nearest | mean on the other levels |",
               "|" + "---|" * (len(COLUMNS) + 4)]
     rows, by_group = [], defaultdict(list)
     for path in args.checkpoints:
@@ -123,13 +123,15 @@ def main():
         "", f"Each checkpoint on the first {args.levels} held-out levels of its own task (the reading 'on its training "
         "levels': the first training levels instead), empty bank at the start, 5 "
         "episodes, under each reading. Goal after a first failure: of the levels whose episode 1 missed the goal, the "
-        "share whose episode 2 reached it. Levels whose goal is nearest: the share of the levels whose goal is a block "
+        "share whose episode 2 reached it. Goal after two (three blocks): of the levels whose episodes 1 and 2 hit "
+        "two different traps, the share whose episode 3 reached it (Bayes-optimal 1; an agent that avoids only one of "
+        "the two, 1/2 at best). Levels whose goal is nearest: the share of the levels whose goal is a block "
         "nearest the start (Manhattan distance, ties counted), where walking to the nearest block first wins episode "
         "1; mean on the other levels: the mean success over episodes 1-5 on the rest, which two level sets can be "
         "compared on whatever their share.", "",
         "Mean ± sd over the checkpoints of each run name and agent:", "",
         "| run (--exp-name) | agent | task | reading | checkpoints | ep 1 | ep 2 | ep 3 | ep 4 | ep 5 | mean | goal after a "
-        "first failure | no block hit | levels whose goal is nearest | mean on the other levels |",
+        "first failure | goal after two | no block hit | levels whose goal is nearest | mean on the other levels |",
         "|" + "---|" * (len(COLUMNS) + 5), *means, "", "Each checkpoint:", "", *header, *rows, "",
     ])
     write_doc(Path(args.out), text)

@@ -583,6 +583,19 @@ def test_evaluation_stores_failures_as_they_happen():
     summary = gf.summarize(result, 3)
     assert summary["success_ep3"] == 1.0 and summary["mean_success"] == 0.6 and summary["success"] == 1.0
     assert summary["goal_after_first_failure"] == 0.0  # episode 2 hit the second trap
+    assert summary["goal_after_two_failures"] == 1.0  # ... and episode 3 went to the block neither named
+
+
+def test_goal_after_two_failures_counts_only_levels_whose_first_two_episodes_hit_different_traps():
+    success = np.array([[False, False, True], [False, False, False], [False, False, True], [True, False, False],
+                        [False, False, True], [False, True, True]])
+    hits = np.array([[0, 1, 2], [1, 0, 1], [0, 0, 2], [2, 0, 1], [-1, 1, 2], [0, 2, 2]])
+    # counted: levels 0 (reached) and 1 (missed); not 2 (the same trap twice), 3 and 5 (a success first), 4 (no hit)
+    summary = gf.summarize(dict(success=success, hits=hits, returns=np.zeros(6)), 3)
+    assert summary["goal_after_two_failures"] == 0.5
+    assert np.isnan(gf.summarize(dict(success=success[2:3], hits=hits[2:3], returns=np.zeros(1)), 3)["goal_after_two_failures"])
+    assert "goal_after_two_failures" not in gf.summarize(dict(success=success[:, :2], hits=hits[:, :2], returns=np.zeros(6)), 3)
+    assert "goal_after_two_failures" not in gf.summarize(dict(success=success, hits=hits.clip(max=1), returns=np.zeros(6)), 2)
 
 
 def test_goal_after_first_failure_counts_only_levels_that_missed_in_episode_1():
