@@ -10,8 +10,9 @@ the bank stores failures, random order): one block, or two. From the agent's sta
 picks one of the level's three blocks: the named one (one failure) or the one no failure names (two). It scores
 each block from the state and the block's colour and place, so that it can read a failure named by either; with the
 blocks drawn at random the level's layout alone gives chance, 1/3. The states decoded, in the order of Fig. 1:
-v'_o (the observation's embedding, which never sees the bank: a control), m_d (the heads' read), m_o (after the
-gate) and the trunk's hidden layer (m_o beside SNAIL's features, what the actor and critic see). The decoder is
+v'_o (the observation's embedding, which never sees the bank: a control), v_tau (the bank's trajectory embeddings
+side by side, oldest first: what the read starts from), m_d (the heads' read), m_o (after the gate) and the trunk's
+hidden layer (m_o beside SNAIL's features, what the actor and critic see). The decoder is
 fitted on training levels and scored on held-out ones; the agent's own greedy episode on the same held-out banks
 says whether it walks to that block.
 """
@@ -31,7 +32,7 @@ import grid_failmem as grid  # noqa: E402
 from grid_bank_probe import hits_with_banks, scripted_failure  # noqa: E402
 from learning import write_doc  # noqa: E402
 
-STATES = ("v'_o", "m_d", "m_o", "trunk")
+STATES = ("v'_o", "v_tau", "m_d", "m_o", "trunk")
 
 
 def cases(args, split, count, named_count, rng):
@@ -73,8 +74,8 @@ def first_step_states(agent, args, levels, level_ids, named, walks):
     envs = grid.BatchedGridWorld(levels, len(level_ids), args.grid_size, args.obs_size, args.trial_len)
     frames = envs.set_levels(level_ids)
     seen = {}
-    modules = {"v'_o": agent.obs_embed, "m_d": agent.memory_read[0].attention, "m_o": agent.memory_read[0],
-               "trunk": agent.trunk}
+    modules = {"v'_o": agent.obs_embed, "v_tau": agent.traj_embed[0], "m_d": agent.memory_read[0].attention,
+               "m_o": agent.memory_read[0], "trunk": agent.trunk}
 
     def keep_first(name):  # a hook that returns nothing leaves the module's output as it is
         def hook(module, inputs, output):
@@ -89,6 +90,7 @@ def first_step_states(agent, args, levels, level_ids, named, walks):
     finally:
         for hook in hooks:
             hook.remove()
+    # v_tau comes as the filled slots, level by level and oldest first; every level here has as many
     return {name: seen[name].reshape(len(level_ids), -1) for name in STATES}
 
 
@@ -171,7 +173,7 @@ def main(argv=None):
             f"fitted on the first {args.train_levels} training levels, scored on the first {args.test_levels} held-out "
             "levels (those where a straight walk into every block exists). Target: the named block with one "
             "failure, the third block with two. Chance: 0.333 for both, and what v'_o (blind to the bank) should "
-            "give. Walks: the agent's own greedy episode on the held-out banks reaches the target (with one failure "
+            "give. v_tau: the bank's trajectory embeddings side by side, oldest first (what the read starts from). Walks: the agent's own greedy episode on the held-out banks reaches the target (with one failure "
             "the Bayes-optimal agent never walks to it; with two it always does). Decoder accuracy held out, its "
             "training accuracy in brackets.", "",
             "| agent | bank | " + " | ".join(STATES) + " | agent walks to it | levels (train / held out) |",

@@ -747,8 +747,11 @@ def test_read_decode_states_see_the_bank_except_the_observation_embedding(tmp_pa
     two = decode.first_step_states(agent, args, levels, ids, named, walks)
     one = decode.first_step_states(agent, args, levels, ids, [blocks[:1] for blocks in named], walks)
     assert {name: state.shape for name, state in two.items()} == {
-        "v'_o": (len(ids), 16), "m_d": (len(ids), 16), "m_o": (len(ids), 16), "trunk": (len(ids), 256)}
+        "v'_o": (len(ids), 16), "v_tau": (len(ids), 32), "m_d": (len(ids), 16), "m_o": (len(ids), 16), "trunk": (len(ids), 256)}
+    assert one["v_tau"].shape == (len(ids), 16)
     assert torch.equal(one["v'_o"], two["v'_o"])
+    # a trajectory's embedding does not depend on the rest of the bank: the older slot is the one-failure bank's
+    assert torch.allclose(two["v_tau"][:, :16], one["v_tau"], atol=1e-6)
     assert not torch.allclose(one["m_d"], two["m_d"]) and not torch.allclose(one["trunk"], two["trunk"])
     # the hooks are gone and the agent's step is what it was
     assert not any(module._forward_hooks for module in agent.modules())
