@@ -35,22 +35,23 @@ from learning import write_doc  # noqa: E402
 STATES = ("v'_o", "v_tau", "m_d", "m_o", "trunk")
 
 
-def cases(args, split, count, named_count, rng):
-    """The levels of a split where a straight walk into every block exists; per level `named_count` blocks drawn at
-    random (oldest first) and the target: the named block (one) or the one no failure names (two). Returns the
-    levels, the kept ids, the named blocks, the targets and the walks ({(level, block): walk})."""
+def walkable(args, split, count):
+    """The first `count` levels of a split, the ids of those where a straight walk into every block exists, and
+    the walks ({(level, block): walk}); made once per split, as both banks draw from them."""
     levels = grid.task_levels(args, split, count)
-    kept, named, targets, walks = [], [], [], {}
-    for level in range(count):
-        level_walks = [scripted_failure(levels, level, block, args) for block in range(3)]
-        if any(walk is None for walk in level_walks):
-            continue
-        blocks = [int(b) for b in rng.permutation(3)[:named_count]]
-        walks.update({(level, block): walk for block, walk in enumerate(level_walks)})
-        kept.append(level)
-        named.append(blocks)
-        targets.append(blocks[0] if named_count == 1 else 3 - sum(blocks))  # blocks are 0, 1, 2
-    return levels, np.array(kept), named, np.array(targets), walks
+    walks = {(level, block): scripted_failure(levels, level, block, args) for level in range(count) for block in range(3)}
+    kept = np.array([level for level in range(count) if all(walks[level, block] is not None for block in range(3))])
+    return levels, kept, {key: walk for key, walk in walks.items() if key[0] in set(kept.tolist())}
+
+
+def cases(walkable_levels, named_count, rng):
+    """Per level of `walkable(...)`, `named_count` blocks drawn at random (oldest first) and the target: the named
+    block (one) or the one no failure names (two). Returns the levels, the kept ids, the named blocks, the targets
+    and the walks."""
+    levels, kept, walks = walkable_levels
+    named = [[int(b) for b in rng.permutation(3)[:named_count]] for _ in kept]
+    targets = [blocks[0] if named_count == 1 else 3 - sum(blocks) for blocks in named]  # blocks are 0, 1, 2
+    return levels, kept, named, np.array(targets), walks
 
 
 def block_features(args, levels, level_ids):
@@ -134,11 +135,12 @@ def measure(path, train_levels, test_levels, seed=1):
     if args.num_blocks != 3 or agent.name != "memory":
         raise SystemExit(f"grid_read_decode.py: error: {path} is not a three-block agent of --agent memory")
     rng = np.random.default_rng(seed)
+    splits = {"train": walkable(args, "train", train_levels), "test": walkable(args, "test", test_levels)}
     result = {}
     for named_count in (1, 2):
         data, drawn = {}, {}
-        for split, count in (("train", train_levels), ("test", test_levels)):
-            drawn[split] = levels, ids, named, targets, walks = cases(args, split, count, named_count, rng)
+        for split in ("train", "test"):
+            drawn[split] = levels, ids, named, targets, walks = cases(splits[split], named_count, rng)
             data[split] = (first_step_states(agent, args, levels, ids, named, walks), block_features(args, levels, ids),
                            torch.as_tensor(targets))
         accuracies = {state: decode(*((data[split][0][state], *data[split][1:]) for split in ("train", "test")), seed=seed)

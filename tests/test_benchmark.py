@@ -722,7 +722,8 @@ def test_read_decode_cases_target_the_named_block_or_the_one_no_failure_names():
 
     args = grid.Args(num_blocks=3)
     for named_count in (1, 2):
-        levels, ids, named, targets, walks = decode.cases(args, "test", 30, named_count, np.random.default_rng(0))
+        levels, ids, named, targets, walks = decode.cases(decode.walkable(args, "test", 30), named_count,
+                                                          np.random.default_rng(0))
         assert len(ids) == len(named) == len(targets) > 0
         for level, blocks, target in zip(ids, named, targets):
             assert len(set(blocks)) == len(blocks) == named_count and all((level, b) in walks for b in range(3))
@@ -743,7 +744,7 @@ def test_read_decode_states_see_the_bank_except_the_observation_embedding(tmp_pa
 
     args, path = tiny_three_block_agent(tmp_path)
     agent = grid.load_checkpoint(path, grid.Args(), len(grid.MOVES), torch.device("cpu")).eval()
-    levels, ids, named, _, walks = decode.cases(args, "test", 12, 2, np.random.default_rng(0))
+    levels, ids, named, _, walks = decode.cases(decode.walkable(args, "test", 12), 2, np.random.default_rng(0))
     two = decode.first_step_states(agent, args, levels, ids, named, walks)
     one = decode.first_step_states(agent, args, levels, ids, [blocks[:1] for blocks in named], walks)
     assert {name: state.shape for name, state in two.items()} == {
