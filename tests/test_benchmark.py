@@ -941,3 +941,38 @@ def test_speedup_times_a_minibatch_of_the_flags_task_with_the_scripts_of_a_direc
     with pytest.raises(Exception) as error:
         pass_ms(tmp_path, 2, 1, [], seconds=0.1)
     assert "the copy in the directory ran" in error.value.stderr
+
+
+def test_reference_testers_walk_around_other_blocks_and_keep_their_rules():
+    import grid_reference_testers as testers
+
+    # from (0, 0) to (0, 2) with a block at (0, 1): the first move goes down, around it
+    assert testers.first_move((0, 0), (0, 2), {(0, 1)}, 8) == 3
+    assert testers.first_move((0, 0), (0, 2), set(), 8) == 1
+    with pytest.raises(ValueError, match="no path"):
+        testers.first_move((0, 0), (7, 7), {(0, 1), (1, 0)}, 8)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        testers.ReferenceTester("guess", None, [0], 8, 16)
+
+    import grid_failmem as grid
+
+    levels = grid.make_levels("test", 60, 8, 3)
+    args = grid.Args(grid_size=8, num_blocks=3, test_history="trial")
+    results = {}
+    for rule in testers.TESTERS:
+        tester = testers.ReferenceTester(rule, levels, np.arange(60), 8, args.obs_size)
+        results[rule] = grid.evaluate(tester, args, levels, np.arange(60), "cpu")
+        hits, success = results[rule]["hits"], results[rule]["success"]
+        assert (hits >= 0).all()  # it always walks into some block
+        # a found goal is walked to again
+        assert all(success[level, k + 1] for level, k in zip(*np.nonzero(success[:, :-1])))
+    # avoid-all never hits a trap twice: Bayes-optimal
+    assert results["avoid-all"]["success"][:, 2:].all()
+    assert grid.summarize(results["avoid-all"], 3)["goal_after_two_failures"] == 1.0
+    # avoid-last never goes back to the trap that failed just before
+    hits, success = results["avoid-last"]["hits"], results["avoid-last"]["success"]
+    assert all(hits[level, k + 1] != hits[level, k] for level, k in zip(*np.nonzero(~success[:, :-1])))
+    # retry does, on some level: it remembers only that the last episode failed
+    hits, success = results["retry"]["hits"], results["retry"]["success"]
+    assert any(hits[level, k + 1] == hits[level, k] for level, k in zip(*np.nonzero(~success[:, :-1])))
+    assert np.allclose(testers.retry_line(3, 3), [1 / 3, 5 / 9, 19 / 27])
