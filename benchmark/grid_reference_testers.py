@@ -72,7 +72,9 @@ class ReferenceTester(torch.nn.Module):
         self.next_row += batch_size
         num_blocks = self.levels["blocks"].shape[1]
         self.target = np.full(batch_size, -1)
+        self.last_failed = np.full(batch_size, -1)
         self.failed = np.zeros((batch_size, num_blocks), bool)
+        self.position = np.zeros((batch_size, 2), np.int64)
         return None, []
 
     def choose(self, env):
@@ -81,23 +83,26 @@ class ReferenceTester(torch.nn.Module):
             allowed = np.ones(num_blocks, bool)
         elif self.rule == "avoid-last":
             allowed = np.ones(num_blocks, bool)
-            if self.target[env] >= 0:
-                allowed[self.target[env]] = False
+            if self.last_failed[env] >= 0:
+                allowed[self.last_failed[env]] = False
         else:
             allowed = ~self.failed[env]
         return self.rng.choice(np.flatnonzero(allowed))
 
     def step(self, frames, prev_actions, prev_rewards, starts, trial_state, t):
-        frames, rewards = frames.numpy(), prev_rewards.numpy()
+        frames, rewards, actions = frames.numpy(), prev_rewards.numpy(), prev_actions.numpy()
         logits = torch.zeros(len(frames), len(grid.MOVES))
         for env, level in enumerate(self.chunk):
+            blocks = self.levels["blocks"][level]
             if starts[env] > 0:
-                if t > 0 and rewards[env] < 0:  # the last episode hit a trap
-                    self.failed[env, self.target[env]] = True
+                if t > 0 and rewards[env] < 0:  # the last move went into a trap: the one aimed at, or one in the way
+                    hit = self.position[env] + grid.MOVES[actions[env]]
+                    self.last_failed[env] = np.flatnonzero((blocks == hit).all(1))[0]
+                    self.failed[env, self.last_failed[env]] = True
                 if t == 0 or rewards[env] <= 0:  # a found goal is walked to again
                     self.target[env] = self.choose(env)
-            blocks = self.levels["blocks"][level]
             agent = np.argwhere((frames[env] == grid.AGENT_RGB).all(-1)).min(0) // self.scale
+            self.position[env] = agent
             others = {tuple(cell) for k, cell in enumerate(blocks) if k != self.target[env]}
             try:
                 move = first_move(agent, blocks[self.target[env]], others, self.grid_size)
