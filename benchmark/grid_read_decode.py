@@ -40,8 +40,8 @@ def walkable(args, split, count):
     the walks ({(level, block): walk}); made once per split, as both banks draw from them."""
     levels = grid.task_levels(args, split, count)
     walks = {(level, block): scripted_failure(levels, level, block, args) for level in range(count) for block in range(3)}
-    kept = np.array([level for level in range(count) if all(walks[level, block] is not None for block in range(3))])
-    return levels, kept, {key: walk for key, walk in walks.items() if key[0] in set(kept.tolist())}
+    kept = [level for level in range(count) if all(walks[level, block] is not None for block in range(3))]
+    return levels, np.array(kept), {(level, block): walks[level, block] for level in kept for block in range(3)}
 
 
 def cases(walkable_levels, named_count, rng):

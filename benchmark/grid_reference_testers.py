@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
+from learning import write_doc  # noqa: E402
 
 TESTERS = ("retry", "avoid-last", "avoid-all")
 
@@ -115,7 +116,7 @@ class ReferenceTester(torch.nn.Module):
 def tester_summary(rule, grid_size, num_blocks, num_levels=500, seed=1):
     """`summarize`'s dict for a tester on the first `num_levels` held-out levels."""
     args = grid.Args(grid_size=grid_size, num_blocks=num_blocks, num_test_levels=num_levels, test_history="trial")
-    levels = grid.make_levels("test", num_levels, grid_size, num_blocks)
+    levels = grid.task_levels(args, "test", num_levels)
     ids = np.arange(num_levels)
     tester = ReferenceTester(rule, levels, ids, grid_size, args.obs_size, seed)
     return grid.summarize(grid.evaluate(tester, args, levels, ids, "cpu"), num_blocks)
@@ -157,10 +158,7 @@ def main():
             "It names no block, yet rises over the episodes and passes 0.6 with three blocks: a rising curve is not by "
             "itself a read of the bank. What only a read gives is goal after a first failure above `retry`'s 1/X "
             "(Bayes 1/(X-1)) and, with three blocks, goal after two different failures above 1/3 (Bayes 1).", ""]
-    out = Path(cli.out)
-    marker = "## Reading (written by hand)"
-    kept = out.read_text().partition(marker) if out.exists() else ("", "", "")
-    out.write_text("\n".join(text) + ("\n" + marker + kept[2] if kept[1] else ""))
+    write_doc(Path(cli.out), "\n".join(text + [""]))
     print(f"wrote {cli.out}")
 
 
