@@ -9,7 +9,8 @@ agent from them, next to its environment, memory bank and PPO loop.
 - `TrajectoryEmbedding`: Transformer encoder over the L steps of one stored trajectory and a
   decoder whose single query is a learned vector g (Sec. 2.1).
 - `MemoryReader`: multi-head attention from the current observation to the trajectory
-  embeddings, then the paper's GRU gate (Sec. 2.2); zero when the bank is empty.
+  embeddings, then the paper's GRU gate (Sec. 2.2); zero when the bank is empty (or, as an
+  option, a learned null slot in every bank).
 """
 
 import math
@@ -234,11 +235,14 @@ class TrajectoryEmbedding(nn.Module):
 class MemoryReader(nn.Module):
     """Sec. 2.2: m_d = MultiHead(v'_o, v_tau, v_tau), then the GRU gate
     r = sig(FC(m_d) + FC(v'_o)), z = sig(FC(m_d) + FC(v'_o)), y = tanh(FC(m_d) + FC(r * v'_o)),
-    m_o = (1 - z) * y + z * v'_o. Empty bank: m_o = 0 (Sec. 2.3)."""
+    m_o = (1 - z) * y + z * v'_o. Empty bank: m_o = 0 (Sec. 2.3). With `null_slot` (a departure) a learned
+    embedding sits in every bank as slot 0, always valid: a view no stored failure bears on can read it
+    instead, and an empty bank reads it alone rather than giving 0."""
 
-    def __init__(self, embed_dim=64, num_heads=4):
+    def __init__(self, embed_dim=64, num_heads=4, null_slot=False):
         super().__init__()
         self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.null = nn.Parameter(torch.zeros(1, 1, embed_dim)) if null_slot else None
         self.w_r, self.u_r = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
         self.w_z, self.u_z = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
         self.w_y, self.u_y = nn.Linear(embed_dim, embed_dim), nn.Linear(embed_dim, embed_dim)
@@ -254,6 +258,9 @@ class MemoryReader(nn.Module):
         (B, Q, N) when each query sees its own slots (a bank that grows during a trial)."""
         if valid.dim() == 2:
             valid = valid[:, None, :].expand(-1, v_o.shape[1], -1)
+        if self.null is not None:
+            memory = torch.cat([self.null.expand(len(memory), -1, -1), memory], 1)
+            valid = torch.cat([torch.ones_like(valid[..., :1]), valid], -1)
         empty = ~valid.any(-1)
         # a fully masked row would give NaN; unmask slot 0 there and zero the result below
         blocked = ~valid

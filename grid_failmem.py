@@ -142,6 +142,10 @@ class Args:
     """filters per TC layer, and the attention's key and value size, in SNAIL"""
     num_heads: int = 4
     """attention heads of the Transformer and the memory read"""
+    null_slot: bool = False
+    """if toggled, the memory read also attends to a learned null trajectory in every bank, so a view no stored
+    failure bears on can read it instead, and an empty bank reads it rather than giving m_o = 0 (Sec. 2.3).
+    Not in the paper: a lever against the agent walking nowhere once its bank holds a failure (README)"""
     time_aware_value: bool = True
     """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
     its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it.
@@ -251,6 +255,10 @@ def check_args(args):
         (
             args.mem_update == "episode" and args.agent not in MEMORY_AGENTS,
             f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
+        ),
+        (
+            args.null_slot and args.agent not in MEMORY_AGENTS,
+            f"--null-slot needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
         ),
         (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
@@ -773,7 +781,7 @@ class Agent(nn.Module):
             TrajectoryEmbedding(embed_dim, args.num_heads, num_layers=2, max_len=args.mem_len)
             for _ in range(self.num_readers)
         )
-        self.memory_read = nn.ModuleList(MemoryReader(embed_dim, args.num_heads) for _ in range(self.num_readers))
+        self.memory_read = nn.ModuleList(MemoryReader(embed_dim, args.num_heads, args.null_slot) for _ in range(self.num_readers))
         # pi: MLP[MLP(v_o) (+) m_o] (Sec. 2.3); memory-sf concatenates both reads (Fig. C.2)
         self.trunk = nn.Sequential(layer_init(nn.Linear((1 + self.num_readers) * embed_dim, 256)), nn.ReLU())
         self.actor = layer_init(nn.Linear(256, num_actions), std=0.01)
@@ -1008,8 +1016,10 @@ def test_generator(args, device):
 
 
 @torch.no_grad()
-def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
-    """Run `eval_episodes` greedy (or --eval-sample: sampled) episodes on each level; returns per-level arrays."""
+def evaluate(agent, args, test_levels, level_ids, device, video_path=None, banks=None):
+    """Run `eval_episodes` greedy (or --eval-sample: sampled) episodes on each level; returns per-level arrays.
+    `banks`: the levels' banks to start from and add to (a level that comes back with what an earlier visit
+    stored, as in training); None: the test's, empty for every level."""
     if agent.memoryless:
         return evaluate_finetune(agent, args, test_levels, level_ids, device, video_path)
     episodes, limit = args.eval_episodes, args.trial_len
@@ -1024,8 +1034,8 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
         rows = np.arange(len(chunk))
         envs = BatchedGridWorld(test_levels, len(chunk), args.grid_size, args.obs_size, limit)
         frames = envs.set_levels(chunk)
-        banks = make_banks(args, frames.shape[1:], float("inf"))
-        cache, memories = agent.begin_trial(bank_tensors(banks, chunk, device), len(chunk), episodes * limit)
+        level_banks = make_banks(args, frames.shape[1:], float("inf")) if banks is None else banks
+        cache, memories = agent.begin_trial(bank_tensors(level_banks, chunk, device), len(chunk), episodes * limit)
         episode = np.zeros(len(chunk), np.int64)
         # the current episode of every env, kept to store it in the bank if it fails
         ep_frames = np.zeros((len(chunk), limit, *frames.shape[1:]), np.uint8)
@@ -1040,7 +1050,7 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
             logits, _ = agent.step(obs, prev_actions, prev_rewards, starts, (cache, memories), t)
             actions = test_actions(logits, generator).cpu().numpy()
             if video_path is not None and chunk_start == 0:
-                video_frames.append(video_frame(frames[:3], banks[0].get(chunk[:3])))
+                video_frames.append(video_frame(frames[:3], level_banks[0].get(chunk[:3])))
             ep_frames[rows, ep_len], ep_actions[rows, ep_len] = frames, actions
             frames, rewards, terminated, truncated, info = envs.step(actions)
             ep_rewards[rows, ep_len] = rewards
@@ -1053,13 +1063,13 @@ def evaluate(agent, args, test_levels, level_ids, device, video_path=None):
                 hits[chunk_start + i, episode[i]] = info["hit"][i]
                 if agent.use_memory:  # at test an episode enters the bank as soon as it ends
                     n = ep_len[i]
-                    store_episode(banks, args.agent, chunk[i], info["success"][i], ep_frames[i, :n],
+                    store_episode(level_banks, args.agent, chunk[i], info["success"][i], ep_frames[i, :n],
                                   ep_actions[i, :n], ep_rewards[i, :n])
                 episode[i] += 1
             if agent.use_memory and len(ended):  # only the levels whose episode ended are read anew
                 rows_ended = torch.as_tensor(ended, device=device)
                 for (memory, filled), (fresh, fresh_filled) in zip(memories, agent.read_banks(
-                        bank_tensors(banks, chunk[ended], device))):
+                        bank_tensors(level_banks, chunk[ended], device))):
                     memory[rows_ended], filled[rows_ended] = fresh, fresh_filled
                 if restarts:
                     agent.snail.restart(cache, rows_ended, t + 1)
@@ -1229,7 +1239,7 @@ def wandb_mode():
 CHECKPOINT_SCRIPT, CHECKPOINT_FORMAT = "grid_failmem.py", 1  # the maker's mark, and the layout of the contents
 ARCHITECTURE = ("agent", "grid_size", "num_blocks", "block_colours", "obs_size", "trial_len", "mem_size", "mem_len",
                 "embed_dim", "num_heads", "cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters",
-                "time_aware_value", "value_norm")
+                "time_aware_value", "value_norm", "null_slot")
 # flags a resumed run takes from its own command line: speed, logging, when to checkpoint; every other flag
 # must be the checkpoint's, as it changes what the run computes
 RESUME_FREE = ("threads", "cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "eval_envs",

@@ -976,3 +976,30 @@ def test_reference_testers_walk_around_other_blocks_and_keep_their_rules():
     hits, success = results["retry"]["hits"], results["retry"]["success"]
     assert any(hits[level, k + 1] == hits[level, k] for level, k in zip(*np.nonzero(~success[:, :-1])))
     assert np.allclose(testers.retry_line(3, 3), [1 / 3, 5 / 9, 19 / 27])
+
+
+def test_bank_history_counts_visit_two_by_the_traps_hit_before():
+    from grid_bank_history import outcome_counts
+
+    hit = np.array([2, 0, 1, -1, 1])
+    success = np.array([True, False, False, False, False])
+    known = [{0}, {0}, {0}, {0, 1}, {0, 1}]
+    # goal; the trap hit before; a trap not hit before; no block; a trap hit before
+    assert outcome_counts(hit, success, known).tolist() == [1, 2, 1, 1]
+
+
+def test_bank_history_takes_out_the_timed_out_episodes_only_and_leaves_the_bank_as_it_was():
+    import grid_failmem as grid
+    from grid_bank_history import bank_kinds, without_timeouts
+
+    bank = grid.MemoryBank(mem_size=8, mem_len=4, obs_shape=(2, 2, 3), ram_bytes=float("inf"))
+    frames = np.zeros((3, 2, 2, 3), np.uint8)
+    bank.add(0, frames, np.zeros(3, np.int64), np.array([0, 0, -1], np.float32))  # a trap
+    bank.add(0, frames, np.zeros(3, np.int64), np.array([0, 0, 0], np.float32))  # ran its step limit
+    bank.add(1, frames[:2], np.zeros(2, np.int64), np.array([0, -1], np.float32))
+    [cleaned] = without_timeouts([bank])
+    assert [t[2][-1] for t in cleaned.banks[0]] == [-1] and len(cleaned.banks[1]) == 1 and cleaned.num_trajectories == 2
+    assert len(bank.banks[0]) == 2 and bank.num_trajectories == 3
+    result = dict(hits=np.array([[0, 2, -1], [1, 1, 0]]), success=np.array([[False, True, False], [False, False, True]]))
+    known, timed_out = bank_kinds([bank], result, [0, 1])
+    assert known == [{0}, {1}] and timed_out.tolist() == [True, False]

@@ -411,6 +411,32 @@ def test_memory_reader_gru_gate_hand_computation():
         assert not torch.allclose(reader(v_o, memory, valid), out, atol=1e-4)
 
 
+def test_memory_reader_null_slot_is_a_learned_slot_always_in_the_bank():
+    torch.manual_seed(0)
+    reader = MemoryReader(embed_dim=E, num_heads=4, null_slot=True)
+    plain = MemoryReader(embed_dim=E, num_heads=4)
+    plain.load_state_dict({k: v for k, v in reader.state_dict().items() if k != "null"})
+    with torch.no_grad():
+        reader.null.normal_()
+    v_o, memory, valid = reader_inputs(B=3)
+    valid[1] = False  # an empty bank
+    with torch.no_grad():
+        out = reader(v_o, memory, valid)
+        # the same as the paper's reader over a bank whose slot 0 holds the null embedding, valid everywhere
+        with_null = torch.cat([reader.null.expand(3, -1, -1), memory], 1)
+        expected = plain(v_o, with_null, torch.cat([torch.ones(3, 1, dtype=torch.bool), valid], 1))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        # an empty bank reads the null slot alone: not zero, and the same whatever the empty slots hold
+        assert out[1].abs().sum() > 0
+        other = memory.clone()
+        other[1] = torch.randn(5, E)
+        torch.testing.assert_close(reader(v_o, other, valid)[1], out[1])
+        # per-query validity (a bank that grows in a trial) takes the null slot for every query
+        per_query = valid[:, None, :].expand(-1, v_o.shape[1], -1)
+        torch.testing.assert_close(reader(v_o, memory, per_query), out)
+    assert "null" in dict(reader.named_parameters()) and "null" not in dict(plain.named_parameters())
+
+
 def test_memory_reader_empty_bank_is_zero_with_finite_grads():
     reader = MemoryReader(embed_dim=E, num_heads=4)
     v_o, memory, valid = reader_inputs(B=3)

@@ -298,12 +298,12 @@ def test_encode_runs_the_cnn_once_per_distinct_frame_with_the_same_features_and_
 
 
 @pytest.mark.parametrize("time_aware", [False, True])
-@pytest.mark.parametrize("agent_name", gf.AGENTS)
-def test_step_mode_matches_whole_trial(agent_name, time_aware):
+@pytest.mark.parametrize("agent_name, null_slot", [(name, False) for name in gf.AGENTS] + [("memory", True), ("memory-sf", True)])
+def test_step_mode_matches_whole_trial(agent_name, null_slot, time_aware):
     """The rollout's per-step outputs and the update's whole-trial outputs are the same numbers,
     so PPO's first ratio is 1."""
     torch.manual_seed(0)
-    args = small_args(agent=agent_name, time_aware_value=time_aware, train_history="trial")
+    args = small_args(agent=agent_name, time_aware_value=time_aware, train_history="trial", null_slot=null_slot)
     agent = gf.Agent(args, 4)
     B, T = 3, args.trial_len
     frames = torch.randint(0, 256, (B, T, 16, 16, 3), dtype=torch.uint8)
@@ -586,6 +586,19 @@ def test_evaluation_stores_failures_as_they_happen():
     assert summary["goal_after_two_failures"] == 1.0  # ... and episode 3 went to the block neither named
 
 
+def test_evaluation_given_banks_starts_from_and_adds_to_them():
+    levels = custom_levels((0, 0), [(0, 5), (5, 5), (10, 10)], goal=2)
+    args = small_args(trial_len=80, mem_size=8, mem_len=6, eval_episodes=2, eval_envs=4, agent="memory", test_history="trial")
+    banks = gf.make_banks(args, (16, 16, 3), float("inf"))
+    first = ScriptedAgent(levels, [0])
+    gf.evaluate(first, args, levels, np.array([0]), "cpu", banks=banks)
+    assert first.bank_sizes == [[0], [1], [2]] and len(banks[0].trajectories(0)) == 2
+    # the level comes back: its first read holds the two failures of the first visit
+    again = ScriptedAgent(levels, [0])
+    gf.evaluate(again, args, levels, np.array([0]), "cpu", banks=banks)
+    assert again.bank_sizes[0] == [2] and len(banks[0].trajectories(0)) == 4
+
+
 def test_goal_after_two_failures_counts_only_levels_whose_first_two_episodes_hit_different_traps():
     success = np.array([[False, False, True], [False, False, False], [False, False, True], [True, False, False],
                         [False, False, True], [False, True, True]])
@@ -778,6 +791,18 @@ def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, 
     assert colours_drawn == {len(palette)}
 
 
+def test_a_null_slot_agent_trains_and_its_checkpoint_evaluates_as_trained(tmp_path):
+    out = run_script(*TINY, "--null-slot", "--eval-every", "0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [checkpoint] = glob.glob(str(tmp_path / "runs" / "grid__*" / "agent.pt"))
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["args"]["null_slot"] and "memory_read.0.null" in saved["model"]
+    # the flag is the checkpoint's: --eval-only without it rebuilds the reader with its null slot
+    out = run_script("--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2", "--eval-episodes", "2",
+                     "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
 def test_track_without_login_goes_offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
@@ -807,6 +832,7 @@ BAD_FLAGS = [
     (dict(norm_adv="yes"), "--norm-adv"),
     (dict(mem_update="episode", agent="snail"), "--mem-update"),
     (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
+    (dict(null_slot=True, agent="snail"), "--null-slot"),
     (dict(cnn_channels=()), "--cnn-channels"),
     (dict(cnn_channels=(16, 0)), "--cnn-channels"),
     (dict(cnn_blocks=-1), "--cnn-blocks"),
