@@ -86,12 +86,11 @@ def main():
             banks = grid.make_banks(run_args, obs_shape, float("inf"))
             one_episode = copy.copy(run_args)
             one_episode.eval_episodes = 1
-            with torch.no_grad():
-                first = grid.evaluate(agent, run_args, levels, level_ids, "cpu", banks=banks)
-                known, timed_out = bank_kinds(banks, first, level_ids)
-                without = without_timeouts(banks)  # before visit 2 adds to `banks`
-                again = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=banks)
-                cleaned = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=without)
+            first = grid.evaluate(agent, run_args, levels, level_ids, "cpu", banks=banks)
+            known, timed_out = bank_kinds(banks, first, level_ids)
+            without = without_timeouts(banks)  # before visit 2 adds to `banks`
+            again = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=banks)
+            cleaned = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=without)
             reading = "sampled" if sample else "greedy"
             rows.append(table_row(f"{reading}: visit 1, episode 1 (empty bank)",
                                   outcome_counts(first["hits"][:, 0], first["success"][:, 0], [set()] * len(level_ids))))
