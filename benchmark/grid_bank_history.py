@@ -32,12 +32,17 @@ from learning import write_doc  # noqa: E402
 OUTCOMES = ("goal", "a trap hit before", "a trap not hit before", "no block")
 
 
+def timed_out(trajectory):
+    """A stored episode that ran its step limit: its last step's reward is 0, where a trap's is -1."""
+    _, _, rewards, valid = trajectory
+    return rewards[valid][-1] == 0
+
+
 def bank_kinds(banks, result, level_ids):
     """Per level: (distinct traps visit 1 hit, whether its bank holds a timed-out episode)."""
     hit_traps = [set(h[(h >= 0) & ~s].tolist()) for h, s in zip(result["hits"], result["success"])]
-    timed_out = [any(rewards[valid][-1] == 0 for _, _, rewards, valid in banks[0].banks.get(level, ()))
-                 for level in level_ids]
-    return hit_traps, np.array(timed_out)
+    with_timeout = [any(map(timed_out, banks[0].banks.get(level, ()))) for level in level_ids]
+    return hit_traps, np.array(with_timeout)
 
 
 def without_timeouts(banks):
@@ -45,7 +50,7 @@ def without_timeouts(banks):
     cleaned = copy.deepcopy(banks)
     failures = cleaned[0]
     for level, trajectories in failures.banks.items():
-        failures.banks[level] = [t for t in trajectories if t[2][t[3]][-1] != 0]
+        failures.banks[level] = [t for t in trajectories if not timed_out(t)]
     failures.num_trajectories = sum(len(t) for t in failures.banks.values())
     return cleaned
 
@@ -79,13 +84,13 @@ def main():
             sys.exit(f"grid_bank_history.py: error: {path} holds a {run_args.agent} agent, which has no bank")
         levels = grid.task_levels(run_args, "test", args.num_test_levels)
         level_ids = np.arange(args.num_test_levels)
+        obs_shape = (run_args.obs_size, run_args.obs_size, 3)
         rows = []
         for sample in (False, True):
             run_args.eval_sample = sample
-            obs_shape = (run_args.obs_size, run_args.obs_size, 3)
-            banks = grid.make_banks(run_args, obs_shape, float("inf"))
-            one_episode = copy.copy(run_args)
+            one_episode = copy.copy(run_args)  # visit 2: the same reading, one episode
             one_episode.eval_episodes = 1
+            banks = grid.make_banks(run_args, obs_shape, float("inf"))
             first = grid.evaluate(agent, run_args, levels, level_ids, "cpu", banks=banks)
             known, timed_out = bank_kinds(banks, first, level_ids)
             without = without_timeouts(banks)  # before visit 2 adds to `banks`
