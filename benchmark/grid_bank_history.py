@@ -92,7 +92,7 @@ def main():
             one_episode.eval_episodes = 1
             banks = grid.make_banks(run_args, obs_shape, float("inf"))
             first = grid.evaluate(agent, run_args, levels, level_ids, "cpu", banks=banks)
-            known, timed_out = bank_kinds(banks, first, level_ids)
+            known, has_timeout = bank_kinds(banks, first, level_ids)
             without = without_timeouts(banks)  # before visit 2 adds to `banks`
             again = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=banks)
             cleaned = grid.evaluate(agent, one_episode, levels, level_ids, "cpu", banks=without)
@@ -103,7 +103,7 @@ def main():
             for traps in range(run_args.num_blocks):
                 plural = "s" if traps != 1 else ""
                 for with_timeout in (False, True):
-                    chosen = (num_known == traps) & (timed_out == with_timeout)
+                    chosen = (num_known == traps) & (has_timeout == with_timeout)
                     chosen_known = [k for k, c in zip(known, chosen) if c]
                     kind = f"{traps} trap{plural} hit" + (", a timeout" if with_timeout else "")
                     rows.append(table_row(f"{reading}: visit 2 after {kind}", outcome_counts(

@@ -1001,5 +1001,5 @@ def test_bank_history_takes_out_the_timed_out_episodes_only_and_leaves_the_bank_
     assert [t[2][-1] for t in cleaned.banks[0]] == [-1] and len(cleaned.banks[1]) == 1 and cleaned.num_trajectories == 2
     assert len(bank.banks[0]) == 2 and bank.num_trajectories == 3
     result = dict(hits=np.array([[0, 2, -1], [1, 1, 0]]), success=np.array([[False, True, False], [False, False, True]]))
-    known, timed_out = bank_kinds([bank], result, [0, 1])
-    assert known == [{0}, {1}] and timed_out.tolist() == [True, False]
+    known, has_timeout = bank_kinds([bank], result, [0, 1])
+    assert known == [{0}, {1}] and has_timeout.tolist() == [True, False]
