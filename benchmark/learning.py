@@ -52,15 +52,43 @@ def event_log(run_dir):
     return accumulator
 
 
+@functools.lru_cache(maxsize=None)
+def sessions(run_dir):
+    """(start, seconds run) of each piece of a run, oldest first. A resumed run writes a new event
+    file named with its start time; a piece ends with the last scalar logged before the next begins.
+    The first piece starts at the run's name stamp."""
+    starts = sorted(int(path.name.split(".")[3]) for path in Path(run_dir).glob("events.out.tfevents.*"))
+    starts = [run_start(run_dir)] + [start for start in starts if start > run_start(run_dir)]
+    accumulator = event_log(str(run_dir))
+    walls = np.sort([e.wall_time for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag)])
+    pieces = []
+    for start, next_start in zip(starts, starts[1:] + [np.inf]):
+        inside = walls[(walls >= start) & (walls < next_start)]
+        pieces.append((start, inside[-1] - start if len(inside) else 0.0))
+    return tuple(pieces)
+
+
+def running_minutes(run_dir, wall_time):
+    """Minutes a run had been running at `wall_time`: the pauses between the pieces of a resumed run
+    are left out, so a run stopped in one session and resumed in the next is timed by its own work."""
+    pieces = sessions(str(run_dir))
+    before, current = 0.0, wall_time - pieces[0][0]
+    for start, seconds in pieces:
+        if wall_time < start:
+            break
+        current, before = before + wall_time - start, before + seconds
+    return current / 60
+
+
 def scalars(run_dir, tag, minutes=False, until=None):
     """(steps, values) of one logged scalar, up to env step `until` if given; with `minutes`,
-    (wall-clock minutes since the run started, values) instead: run names end with their start time."""
+    (minutes the run had been running, values) instead (`running_minutes`)."""
     accumulator = event_log(str(run_dir))
     if tag not in accumulator.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
     events = [e for e in accumulator.Scalars(tag) if until is None or e.step <= until]
     if minutes:
-        return np.array([(e.wall_time - run_start(run_dir)) / 60 for e in events]), np.array([e.value for e in events])
+        return np.array([running_minutes(run_dir, e.wall_time) for e in events]), np.array([e.value for e in events])
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
 
@@ -235,7 +263,7 @@ def plot(args):
     axes[1].set(title="held-out levels: mean success over 5 episodes", xlabel="env steps")
     axes[2].set(title="last evaluation: success of test episode k", xlabel="episode k", ylim=(0, 1.05))
     axes[3].set(title="PPO: fraction of clipped ratios per update", xlabel="env steps")
-    axes[4].set(title="held-out levels: mean success vs. wall clock", xlabel="minutes since the run started")
+    axes[4].set(title="held-out levels: mean success vs. wall clock", xlabel="minutes of running (a resumed run's pauses left out)")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -260,7 +288,7 @@ def plot(args):
             "training it covers all the held-out levels), mean ± standard deviation over seeds:", "",
             *summary, "", "Held-out mean success by wall-clock minutes (the periodic evaluations, interpolated between "
             "them; mean over the seeds that ran that long), and when each seed first reached "
-            f"{REACHED}:", "", *clock, "", "Each run; minutes: its wall time:", "",
+            f"{REACHED}:", "", *clock, "", "Each run; minutes: its running time (a resumed run's pauses left out):", "",
             *table, "", f"![curves]({name}.png)", "", f"![error modes]({name}_error_modes.png)", ""]
     write_doc(Path(args.out) / f"{name}.md", "\n".join(text))
     print("\n".join(text))

@@ -158,6 +158,24 @@ def test_learning_reads_a_run_up_to_the_step_asked(tmp_path):
     assert steps.tolist() == [100, 200] and values.tolist() == pytest.approx([0.1, 0.2])
 
 
+def test_learning_times_a_resumed_run_without_its_pause(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    import learning
+
+    start, resumed = 1700000000, 1700007200  # stopped after 2 minutes, resumed two hours later
+    run = tmp_path / f"grid__x__memory__1__{start}"
+    for piece, (stamp, points) in enumerate(((start, ((100, 60), (200, 120))), (resumed, ((300, 30), (400, 90))))):
+        writer = SummaryWriter(str(run))
+        for step, seconds in points:
+            writer.add_scalar("eval/mean_success", step / 1000, step, walltime=stamp + seconds)
+        writer.close()
+        (written,) = [path for path in run.glob("events.out.tfevents.*") if ".renamed." not in path.name]
+        written.rename(run / f"events.out.tfevents.{stamp}.renamed.{piece}.0")  # the name stamp a resume writes
+    minutes, values = learning.scalars(run, "eval/mean_success", minutes=True)
+    assert minutes.tolist() == pytest.approx([1.0, 2.0, 2.5, 3.5]) and values.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
 def test_ladder_reads_the_grid_of_its_runs_from_their_flags():
     import grid_ladder
 
