@@ -148,11 +148,12 @@ def main():
             "Pairs are consecutive test episodes (k, k + 1), k = 1..4, over all levels.", "",
             "| agent | mean success | pairs after a success | pairs after a trap | " + " | ".join(OUTCOMES) + " |",
             "|---|---|---|---|" + "---|" * len(OUTCOMES), *rows, "",
-            *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), "",
-            "After two different traps in test episodes k - 1 and k, what episode k + 1 does (three or more blocks; "
-            "Bayes-optimal: the goal every time with X = 3):", "",
-            "| agent | episodes after two different traps | " + " | ".join(AFTER_TWO) + " |",
-            "|---|---|" + "---|" * len(AFTER_TWO), *two_rows, ""]
+            *(bayes_line(num_blocks) for _, num_blocks in sorted(grids)), ""]
+    if max(num_blocks for _, num_blocks in grids) >= 3:  # two different traps need three blocks
+        text += ["After two different traps in test episodes k - 1 and k, what episode k + 1 does (three or more "
+                 "blocks; Bayes-optimal: the goal every time with X = 3):", "",
+                 "| agent | episodes after two different traps | " + " | ".join(AFTER_TWO) + " |",
+                 "|---|---|" + "---|" * len(AFTER_TWO), *two_rows, ""]
     write_doc(Path(args.out), "\n".join(text))
     print("\n".join(text))
 

@@ -341,6 +341,24 @@ def test_recovery_doc_names_the_bayes_line_of_its_grid():
     assert "1/2 of the episodes after a first failure" in bayes_line(3)
 
 
+@pytest.mark.parametrize("num_blocks", [2, 3])
+def test_recovery_doc_tabulates_two_traps_only_where_a_grid_has_three_blocks(tmp_path, monkeypatch, num_blocks):
+    import torch
+
+    import grid_failmem as grid
+    import grid_recovery
+
+    trained_as = grid.Args(grid_size=8, num_blocks=num_blocks, embed_dim=16, trial_len=12, eval_envs=4)
+    path = tmp_path / "agent.pt"
+    torch.save(dict(args=vars(trained_as), model=grid.Agent(trained_as, len(grid.MOVES)).state_dict()), path)
+    out = tmp_path / "recovery.md"
+    monkeypatch.setattr(sys, "argv", ["grid_recovery.py", str(path), "--num-test-levels", "4", "--out", str(out)])
+    grid_recovery.main()
+    text = out.read_text()
+    assert f"--num-test-levels 4 --out {out}" in text  # the Made-by line is the command as typed
+    assert ("After two different traps" in text) == (num_blocks >= 3)
+
+
 def test_transfer_tests_a_two_block_agent_on_three_blocks(tmp_path):
     import torch
 
