@@ -171,7 +171,8 @@ def test_learning_times_a_resumed_run_without_its_pause(tmp_path):
             writer.add_scalar("eval/mean_success", step / 1000, step, walltime=stamp + seconds)
         writer.close()
         (written,) = [path for path in run.glob("events.out.tfevents.*") if ".renamed." not in path.name]
-        written.rename(run / f"events.out.tfevents.{stamp}.renamed.{piece}.0")  # the name stamp a resume writes
+        # the name stamp a resume writes
+        written.rename(run / f"events.out.tfevents.{stamp}.renamed.{piece}.0")
     minutes, values = learning.scalars(run, "eval/mean_success", minutes=True)
     assert minutes.tolist() == pytest.approx([1.0, 2.0, 2.5, 3.5]) and values.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
 
