@@ -142,10 +142,10 @@ class Args:
     """filters per TC layer, and the attention's key and value size, in SNAIL"""
     num_heads: int = 4
     """attention heads of the Transformer and the memory read"""
-    null_slot: bool = False
+    null_slot: bool = True
     """if toggled, the memory read also attends to a learned null trajectory in every bank, so a view no stored
     failure bears on can read it instead, and an empty bank reads it rather than giving m_o = 0 (Sec. 2.3).
-    Not in the paper: a lever against the agent walking nowhere once its bank holds a failure (README)"""
+    Not in the paper (README's departures); `--no-null-slot` is the paper's read. Agents without a bank have no read"""
     time_aware_value: bool = True
     """if toggled, the critic also sees the step's place in the trial, t / T: a trial's return shrinks as
     its steps run out, which nothing in the picture says (Pardo et al. 2018); the actor does not see it.
@@ -220,6 +220,7 @@ class Args:
         with_bank = self.agent in MEMORY_AGENTS
         self.mem_update = self.mem_update or ("episode" if with_bank else "trial")
         self.train_history = self.train_history or ("episode" if with_bank else "trial")
+        self.null_slot = self.null_slot and with_bank
 
 
 def check_args(args):
@@ -255,10 +256,6 @@ def check_args(args):
         (
             args.mem_update == "episode" and args.agent not in MEMORY_AGENTS,
             f"--mem-update episode needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
-        ),
-        (
-            args.null_slot and args.agent not in MEMORY_AGENTS,
-            f"--null-slot needs an agent that reads its bank (memory, memory-sf, memory-sf-mix), not {args.agent}",
         ),
         (not args.bank_ram_mb > 0, f"--bank-ram-mb must be positive, got {args.bank_ram_mb}"),
         (args.embed_dim < 1 or args.embed_dim % max(args.num_heads, 1), "--embed-dim must be a multiple of --num-heads"),
@@ -1265,7 +1262,7 @@ def save_checkpoint(path, state):
 # what runs did before these flags existed, for checkpoints older than them (their defaults have changed since)
 PREDATED_FLAGS = dict(cnn_channels=(16, 32, 32), cnn_blocks=2, cnn_out=256, snail_blocks=2, snail_filters=32,
                       mem_update="trial", train_history="trial", test_history="trial", time_aware_value=False,
-                      value_norm=False)
+                      value_norm=False, null_slot=False)
 
 
 def checkpoint_args(checkpoint):

@@ -41,8 +41,9 @@ MOVE_OF = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}
 
 # the supervised probes train no critic; without its t / T input (the default since 2026-11-28) a fresh agent draws
 # the weights, and the torch RNG after them, that the docs' probes drew (and its args, without the critic's
-# standardised targets of 2026-11-29, are the docs')
-DOCS_CRITIC = dict(time_aware_value=False, value_norm=False)
+# standardised targets of 2026-11-29, are the docs'); their read is the paper's, without the null slot (the default
+# since 2026-11-30)
+DOCS_AGENT = dict(time_aware_value=False, value_norm=False, null_slot=False)
 
 
 def straight_walk(start, target, avoid):
@@ -155,7 +156,7 @@ def supervised_naming(after, steps, seed=1, batch=64, **sizes):
     by cross-entropy on scripted walks of training levels to output the failed block's cell; accuracy on
     walks of held-out levels (chance 1/62 on W8, 1/254 on W16)."""
     torch.manual_seed(seed)
-    args = grid.Args(**{**DOCS_CRITIC, **sizes})
+    args = grid.Args(**{**DOCS_AGENT, **sizes})
     agent = grid.Agent(args, len(grid.MOVES))
     head = torch.nn.Linear(args.embed_dim, args.grid_size ** 2)
     optimizer = torch.optim.Adam([*agent.parameters(), *head.parameters()], lr=1e-3)
@@ -186,7 +187,7 @@ def supervised_recovery(steps, seed=1, batch=64, **sizes):
     probability); the share of held-out levels whose most likely move is one of them. `sizes`: Args fields
     (grid_size, cnn_channels) instead of the defaults."""
     torch.manual_seed(seed)
-    args = grid.Args(**{**DOCS_CRITIC, **sizes})
+    args = grid.Args(**{**DOCS_AGENT, **sizes})
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
 

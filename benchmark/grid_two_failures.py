@@ -138,8 +138,8 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     Args. A policy blind to its bank scores at most 2/3 and 1/3; one that reads one failure, 1 and 1/2."""
     torch.manual_seed(seed)
     # cloning trains no critic; without its t / T input it draws the weights the docs' fresh agents drew, and
-    # without standardised targets it has the docs' Args
-    args = grid.Args(num_blocks=3, grid_size=grid_size, time_aware_value=False, value_norm=False)
+    # without standardised targets and the null slot (defaults since 2026-11-29 and -30) it has the docs' Args
+    args = grid.Args(num_blocks=3, grid_size=grid_size, time_aware_value=False, value_norm=False, null_slot=False)
     agent = grid.Agent(args, len(grid.MOVES)) if checkpoint is None else \
         grid.load_checkpoint(checkpoint, args, len(grid.MOVES), torch.device("cpu"))
     if args.num_blocks != 3 or not agent.use_memory:

@@ -645,7 +645,8 @@ def test_two_failures_records_the_readers_attention_without_changing_the_read():
     import grid_failmem as grid
     import grid_two_failures as probe
 
-    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12)
+    # the paper's read, as the probe's clones have it: no null slot, and an empty bank gives m_o = 0
+    args = grid.Args(grid_size=8, num_blocks=3, embed_dim=16, trial_len=12, null_slot=False)
     torch.manual_seed(0)
     agent = grid.Agent(args, len(grid.MOVES)).eval()
     reader = agent.memory_read[0]

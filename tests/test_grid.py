@@ -791,16 +791,22 @@ def test_same_seed_gives_the_same_losses_and_rollout_matches_update(mem_update, 
     assert colours_drawn == {len(palette)}
 
 
-def test_a_null_slot_agent_trains_and_its_checkpoint_evaluates_as_trained(tmp_path):
-    out = run_script(*TINY, "--null-slot", "--eval-every", "0", cwd=tmp_path)
+def test_the_null_slot_is_the_bank_agents_default_and_its_checkpoint_evaluates_as_trained(tmp_path):
+    assert gf.Args().null_slot and gf.Args(agent="memory-sf").null_slot
+    assert not gf.Args(agent="snail").null_slot  # no bank, no read to add it to
+    out = run_script(*TINY, "--eval-every", "0", "--exp-name", "null", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    [checkpoint] = glob.glob(str(tmp_path / "runs" / "grid__*" / "agent.pt"))
+    [checkpoint] = glob.glob(str(tmp_path / "runs" / "grid__null__*" / "agent.pt"))
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["args"]["null_slot"] and "memory_read.0.null" in saved["model"]
-    # the flag is the checkpoint's: --eval-only without it rebuilds the reader with its null slot
+    # the flag is the checkpoint's: --eval-only with --no-null-slot still rebuilds the reader with its null slot
     out = run_script("--eval-only", "--checkpoint", checkpoint, "--num-test-levels", "2", "--eval-episodes", "2",
-                     "--threads", "1", cwd=tmp_path)
+                     "--threads", "1", "--no-null-slot", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    out = run_script(*TINY, "--eval-every", "0", "--exp-name", "paper", "--no-null-slot", cwd=tmp_path)  # the paper's read
+    [checkpoint] = glob.glob(str(tmp_path / "runs" / "grid__paper__*" / "agent.pt"))
+    saved = torch.load(checkpoint, weights_only=True)
+    assert not saved["args"]["null_slot"] and not any(".null" in key for key in saved["model"])
 
 
 def test_track_without_login_goes_offline(tmp_path):
@@ -832,7 +838,6 @@ BAD_FLAGS = [
     (dict(norm_adv="yes"), "--norm-adv"),
     (dict(mem_update="episode", agent="snail"), "--mem-update"),
     (dict(mem_update="episode", agent="snail-cat"), "--mem-update"),
-    (dict(null_slot=True, agent="snail"), "--null-slot"),
     (dict(cnn_channels=()), "--cnn-channels"),
     (dict(cnn_channels=(16, 0)), "--cnn-channels"),
     (dict(cnn_blocks=-1), "--cnn-blocks"),
@@ -1026,9 +1031,10 @@ def test_a_checkpoint_older_than_the_network_size_flags_loads_as_the_paper_sizes
     cwd, checkpoint = stopped_run
     saved = torch.load(cwd / checkpoint, weights_only=True)
     newer = ("cnn_channels", "cnn_blocks", "cnn_out", "snail_blocks", "snail_filters", "mem_update", "train_history",
-             "test_history", "time_aware_value", "episodic_gae")
+             "test_history", "time_aware_value", "episodic_gae", "null_slot")
     old_args = {k: v for k, v in saved["args"].items() if k not in newer}
     assert not gf.checkpoint_args(dict(saved, args=old_args)).time_aware_value  # the default since, off before
+    assert not gf.checkpoint_args(dict(saved, args=old_args)).null_slot  # the same
     paper = gf.Agent(gf.checkpoint_args(dict(saved, args=old_args)), 4)
     assert sum(isinstance(m, common.ResidualBlock) for m in paper.cnn.modules()) == 3 * 2 and len(paper.snail.layers) == 4
     old_model = with_old_snail_names(paper.state_dict(), prefix="snail.")
