@@ -116,7 +116,7 @@ def main():
         sections += [f"`{Path(path).parent.name}` (W {run_args.grid_size}, X {run_args.num_blocks}):", "",
                      "| episode | levels | " + " | ".join(OUTCOMES) + " |", "|---|---|" + "---|" * len(OUTCOMES),
                      *rows, ""]
-    command = "python benchmark/grid_bank_history.py " + shlex.join(sys.argv[1:])  # as typed: --out and --num-test-levels too
+    command = "python benchmark/grid_bank_history.py " + shlex.join(sys.argv[1:])  # as typed
     text = ["# Gridworld: a level that comes back with its bank, as in training", "",
             f"Made by `{command}`: {args.num_test_levels} held-out levels. Visit 1 is the paper's test (5 episodes "
             "from an empty bank); visit 2 is one more episode from the bank visit 1 left, counted by what that bank "

@@ -39,7 +39,8 @@ from learning import write_doc  # noqa: E402
 MOVE_OF = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}
 
 
-# the supervised probes train no critic; without its t / T input (the default since 2026-11-28) a fresh agent draws
+# the flags of the docs' fresh agents (these probes, grid_two_failures' and grid_warm_start's clones), which train no
+# critic; without its t / T input (the default since 2026-11-28) a fresh agent draws
 # the weights, and the torch RNG after them, that the docs' probes drew (and its args, without the critic's
 # standardised targets of 2026-11-29, are the docs'); their read is the paper's, without the null slot (the default
 # since 2026-11-30)

@@ -141,7 +141,7 @@ def main():
                               args.num_test_levels)
         rows.append(row(f"random policy, W {grid_size}, X {num_blocks}", result))
         two_rows.append(two_traps_row(f"random policy, W {grid_size}, X {num_blocks}", result))
-    command = "python benchmark/grid_recovery.py " + shlex.join(sys.argv[1:])  # as typed: --out and --num-test-levels too
+    command = "python benchmark/grid_recovery.py " + shlex.join(sys.argv[1:])  # as typed
     text = ["# Gridworld: what the agent does in the test episode after a success or a failure", "",
             f"Made by `{command}`: {args.num_test_levels} held-out levels, 5 test episodes each, greedy test "
             "actions and actions drawn from the policy (`--eval-sample`; the random policy: uniform moves). "

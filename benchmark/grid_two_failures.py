@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
-from grid_bank_probe import fit, hits_with_banks, scripted_failure  # noqa: E402
+from grid_bank_probe import DOCS_AGENT, fit, hits_with_banks, scripted_failure  # noqa: E402
 from grid_fresh_reader import READER  # noqa: E402
 from learning import write_doc  # noqa: E402
 
@@ -137,9 +137,7 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     walked into a block no failure names (after two: the third) and the level count; the trained agent and its
     Args. A policy blind to its bank scores at most 2/3 and 1/3; one that reads one failure, 1 and 1/2."""
     torch.manual_seed(seed)
-    # cloning trains no critic; without its t / T input it draws the weights the docs' fresh agents drew, and
-    # without standardised targets and the null slot (defaults since 2026-11-29 and -30) it has the docs' Args
-    args = grid.Args(num_blocks=3, grid_size=grid_size, time_aware_value=False, value_norm=False, null_slot=False)
+    args = grid.Args(num_blocks=3, grid_size=grid_size, **DOCS_AGENT)  # the docs' fresh agents (grid_bank_probe)
     agent = grid.Agent(args, len(grid.MOVES)) if checkpoint is None else \
         grid.load_checkpoint(checkpoint, args, len(grid.MOVES), torch.device("cpu"))
     if args.num_blocks != 3 or not agent.use_memory:

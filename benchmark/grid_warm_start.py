@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import grid_failmem as grid  # noqa: E402
-from grid_bank_probe import fit, scripted_failure  # noqa: E402
+from grid_bank_probe import DOCS_AGENT, fit, scripted_failure  # noqa: E402
 from grid_two_failures import save_weights, supervised  # noqa: E402
 
 
@@ -69,9 +69,9 @@ def clone_snail(steps, seed=1, batch=64, train_levels=20000, grid_size=8):
     explorer's trials for `steps` Adam steps (1e-3) of `batch` trials: the log-probability of every move.
     -> (agent, its Args)."""
     torch.manual_seed(seed)
-    # cloning trains no critic; without its t / T input it draws the weights the docs' clones drew, and without
-    # standardised targets its checkpoint is the one the docs' PPO stages (--no-value-norm) start from unchanged
-    args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size, time_aware_value=False, value_norm=False)
+    # cloning trains no critic; with the docs' flags (grid_bank_probe) it draws the weights the docs' clones drew,
+    # and its checkpoint is the one the docs' PPO stages (--no-value-norm) start from unchanged
+    args = grid.Args(agent="snail", num_blocks=3, grid_size=grid_size, **DOCS_AGENT)
     agent = grid.Agent(args, len(grid.MOVES))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
