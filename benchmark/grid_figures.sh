@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every comparison of the paper's Sec. 3 on the gridworld, 3 seeds per curve, equal step budgets:
-#   bash benchmark/grid_figures.sh                 # STEPS=1000000 by default
+#   bash benchmark/grid_figures.sh                 # STEPS=1500000 by default (the default task's budget)
 #   STEPS=200000 SEEDS="1 2 3" bash benchmark/grid_figures.sh
 #   EXTRA="--num-test-levels 50" bash benchmark/grid_figures.sh   # flags for every run
 # Each line trains its runs (two at a time, one torch thread each) and writes docs/grid_<name>.{md,png}.
-# Cost on 2 CPU cores at ~300 steps/s per run: 7 agents x 3 seeds x 1M steps is about 10 hours for
-# Fig. 3 alone; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
+# Cost on 2 CPU cores, two runs at once (2026-12-07, AMD EPYC): a 1.5M-step run of the default task takes
+# 23-25 min (snail-cat), 35-50 min (memory, memory --mem-len 80, memory-sf-mix), ~40 min (memory-sf), so
+# Fig. 3's 7 agents x 3 seeds are ~7 hours; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-1000000}
+STEPS=${STEPS:-1500000}
 SEEDS=${SEEDS:-1 2 3}
 EXTRA=${EXTRA:-}
 run() { python benchmark/learning.py --env grid --seeds $SEEDS --total-timesteps "$STEPS" "$@" -- $EXTRA; }
