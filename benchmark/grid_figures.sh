@@ -5,8 +5,9 @@
 #   EXTRA="--num-test-levels 50" bash benchmark/grid_figures.sh   # flags for every run
 # Each line trains its runs (two at a time, one torch thread each) and writes docs/grid_<name>.{md,png}.
 # Cost on 2 CPU cores, two runs at once (2026-12-07, AMD EPYC): a 1.5M-step run of the default task takes
-# 23-25 min (snail-cat), 35-50 min (memory, memory --mem-len 80, memory-sf-mix), ~40 min (memory-sf), so
-# Fig. 3's 7 agents x 3 seeds are ~7 hours; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
+# 13-16 min (snail), 23-24 (snail-cat), 31 (memory-sf-mix), 38-44 (memory-sf), 42-43 (memory --mem-len 80),
+# 50-55 (memory, 2026-11-30), so Fig. 3's 7 agents x 3 seeds are ~6 hours; Fig. 4a and the mem-update
+# ablation add 3 + 2 curves of 3 seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-1500000}
