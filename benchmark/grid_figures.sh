@@ -7,7 +7,7 @@
 # Cost on 2 CPU cores, two runs at once (2026-12-07, AMD EPYC): a 1.5M-step run of the default task takes
 # 13-16 min (snail), 22-24 (snail-cat), 28-31 (memory-sf-mix), 36-44 (memory-sf), 40-43 (memory --mem-len 80),
 # 25-28 (memory; 50-55 on 2026-11-30), 16-40 (ppo-finetune, ppo-finetune-attn, docs/grid_x2_ftfix.md), so Fig. 3's
-# 7 agents x 3 seeds are ~5-6 hours; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
+# 7 agents x 3 seeds are ~4-5.5 hours; Fig. 4a and the mem-update ablation add 3 + 2 curves of 3 seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-1500000}
