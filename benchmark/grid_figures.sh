@@ -22,5 +22,6 @@ run --tag fig3 --name fig4b --plot-only --agents memory snail snail-cat
 run --tag fig3 --name fig6 --plot-only --agents memory memory-sf memory-sf-mix
 # Fig. 4a: the length L of a stored failure
 run --tag fig4a --agents memory --vary mem-len 6 20 80
-# our ablation: failures enter the bank at the end of the trial (paper) or of each episode
-run --tag memupdate --agents memory --vary mem-update trial episode
+# our ablation: failures enter the bank at the end of the trial (the paper) or of each episode, SNAIL over the
+# whole trial in both, so the bank rule is the one difference (docs/grid_ablations_training-rule.md)
+run --tag memupdate --agents memory --vary mem-update trial episode -- --train-history trial
