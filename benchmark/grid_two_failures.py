@@ -11,7 +11,7 @@ failure, as in grid_bank_probe.py):
   - a bank naming F and N, in either order: the Bayes-optimal agent walks to the third block, the one no
     failure names. One that reads only whether its favourite failed walks to N again.
 With both named, the reader's attention at the episode's first step says how it reads them: the weight each head
-puts on F's entry (the rest goes to N's), the share of heads that put over 0.9 on one entry, and the share of levels
+puts on F's entry (the rest goes to N's, and to the null slot where the agent has one), the share of heads that put over 0.9 on one entry, and the share of levels
 where one head looks at each (the heads are concatenated, so such a read keeps the two failures apart).
 Writes docs/grid_two_failures.md or --out.
 
@@ -66,7 +66,8 @@ def attention_recorded(agent):
 def probe(path, num_levels):
     """The block hit (-1: none) on each usable level under each bank of BANKS, F and N per level (N: -1 where the
     bank naming F sent the agent to no other block; those levels get no two-failure banks), and for the banks naming
-    both, the reader's attention at the first step on F's entry, (levels, heads) (rows of levels without N: NaN)."""
+    both, the reader's attention at the first step: {"F": on F's entry, "N": on N's, and with --null-slot "null": on
+    the null slot}, each (levels, heads) (rows of levels without N: NaN)."""
     args = grid.Args(num_test_levels=num_levels)
     agent = grid.load_checkpoint(path, args, len(grid.MOVES), torch.device("cpu")).eval()
     if args.num_blocks != 3 or not agent.use_memory:
@@ -83,15 +84,17 @@ def probe(path, num_levels):
     hits["F"] = hits_with([[f] if f >= 0 else [] for f in favourite])
     nxt = np.where((favourite >= 0) & (hits["F"] >= 0) & (hits["F"] != favourite), hits["F"], -1)
     hits["N"] = hits_with([[n] if n >= 0 else [] for n in nxt])
-    on_favourite = {}
+    attention = {}
+    null_slot = agent.memory_read[0].null is not None  # the read's first entry, before the bank's slots
     for bank, f_slot in (("F, N", 0), ("N, F", 1)):
         named = [([f, n] if f_slot == 0 else [n, f]) if n >= 0 else [] for f, n in zip(favourite, nxt)]
         with attention_recorded(agent) as calls:
             hits[bank] = hits_with(named)
-        weights = calls[0][:, :, 0, f_slot].numpy().astype(float)  # the first step's query
+        weights = calls[0][:, :, 0].numpy().astype(float)  # the first step's query: (levels, heads, entries)
         weights[nxt < 0] = np.nan
-        on_favourite[bank] = weights
-    return favourite, nxt, hits, on_favourite
+        entries = {"F": null_slot + f_slot, "N": null_slot + 1 - f_slot} | ({"null": 0} if null_slot else {})
+        attention[bank] = {name: weights[..., entry] for name, entry in entries.items()}
+    return favourite, nxt, hits, attention
 
 
 def walk_cases(args, split, count, rng):
@@ -168,10 +171,11 @@ def supervised(steps, checkpoint=None, trained="all", seed=1, batch=64, train_le
     return {k: (right[num_named == k].mean(), int((num_named == k).sum())) for k in (1, 2)}, agent, args
 
 
-def shares(favourite, nxt, hits, on_favourite=None):
+def shares(favourite, nxt, hits, attention=None):
     """The table's cells: where each bank sent the agent, as shares of the levels the bank was made for; with
-    `on_favourite` (probe's), the reader's mean weight on F's entry, its share of heads peaked on one entry, of levels
-    with a head on each, and the third-block shares on those levels and the others."""
+    `attention` (probe's), the reader's mean weight on F's entry and on the null slot (NaN without one), its share of
+    heads peaked on F's or N's entry, of levels with a head on each, and the third-block shares on those levels and
+    the others."""
     walked, paired = favourite >= 0, nxt >= 0
     third = 3 - favourite - nxt  # blocks are 0, 1, 2
     cells = {"levels": len(favourite), "empty: a block": walked.mean(), "levels with N": paired.sum()}
@@ -184,12 +188,13 @@ def shares(favourite, nxt, hits, on_favourite=None):
         cells.update({f"{bank}: the third": (h == third[paired]).mean(), f"{bank}: F": (h == favourite[paired]).mean(),
                       f"{bank}: N": (h == nxt[paired]).mean(), f"{bank}: none": (h < 0).mean()})
     cells["same block either order"] = (hits["F, N"][paired] == hits["N, F"][paired]).mean()
-    for bank, weights in (on_favourite or {}).items():
-        weights, to_third = weights[paired], hits[bank][paired] == third[paired]
-        cells[f"{bank}: weight on F"] = weights.mean()
-        cells[f"{bank}: heads over 0.9 on one"] = ((weights > 0.9) | (weights < 0.1)).mean()
+    for bank, weights in (attention or {}).items():
+        on_f, on_n, to_third = weights["F"][paired], weights["N"][paired], hits[bank][paired] == third[paired]
+        cells[f"{bank}: weight on F"] = on_f.mean()
+        cells[f"{bank}: weight on null"] = weights["null"][paired].mean() if "null" in weights else np.nan
+        cells[f"{bank}: heads over 0.9 on one"] = ((on_f > 0.9) | (on_n > 0.9)).mean()
         # multi-head attention concatenates its heads: one head on each entry carries both failures side by side
-        split = (weights > 0.9).any(1) & (weights < 0.1).any(1)
+        split = (on_f > 0.9).any(1) & (on_n > 0.9).any(1)
         cells[f"{bank}: a head on each"] = split.mean()
         cells[f"{bank}: the third, a head on each"] = to_third[split].mean() if split.any() else np.nan
         cells[f"{bank}: the third, not"] = to_third[~split].mean() if (~split).any() else np.nan
@@ -267,8 +272,9 @@ def main(argv=None):
             "another block). A bank names a block by holding a scripted walk into it, stored as a failure. "
             "Bayes-optimal: never the named block, and the third block when F and N are both named. Weight on F: "
             "with both named, the reader's attention on F's entry at the episode's first step, averaged over its "
-            "heads and the levels (the rest is on N's); heads over 0.9 on one: the share of (level, head) pairs "
-            "that put over 0.9 on one of the two; a head on each: the share of levels where one head puts over 0.9 on "
+            "heads and the levels (the rest is on N's, and for an agent with `--null-slot` on the null slot: weight "
+            "on null, nan without one); heads over 0.9 on one: the share of (level, head) pairs "
+            "that put over 0.9 on F's entry or on N's; a head on each: the share of levels where one head puts over 0.9 on "
             "F's entry and another over 0.9 on N's (the heads' outputs are concatenated, so such a read keeps the two "
             "failures apart); the third, a head on each / not: the share walking to the third block among the levels "
             "where the read is so split / is not.", "",

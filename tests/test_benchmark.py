@@ -596,13 +596,19 @@ def test_two_failures_tells_a_reader_of_both_failures_from_one_that_reads_its_fa
     # the reader's weight on F's entry per level and head (4 heads; NaN on the levels without N)
     split = np.array([[0.95, 0.02, 0.5, 0.5], [0.99, 0.5, 0.5, 0.08], [np.nan] * 4, [np.nan] * 4])
     mixed = np.array([[0.6, 0.5, 0.5, 0.4], [0.95, 0.5, 0.5, 0.5], [np.nan] * 4, [np.nan] * 4])
-    cells = probe.shares(favourite, nxt, both, {"F, N": split, "N, F": mixed})
+    without_null = lambda on_f: {"F": on_f, "N": 1 - on_f}  # noqa: E731  the paper's read: F's and N's entries only
+    cells = probe.shares(favourite, nxt, both, {"F, N": without_null(split), "N, F": without_null(mixed)})
     assert cells["F, N: a head on each"] == 1.0 and cells["N, F: a head on each"] == 0.0
     assert cells["F, N: heads over 0.9 on one"] == 0.5 and cells["N, F: heads over 0.9 on one"] == 0.125
-    assert np.isclose(cells["N, F: weight on F"], 4.45 / 8)
+    assert np.isclose(cells["N, F: weight on F"], 4.45 / 8) and np.isnan(cells["N, F: weight on null"])
     # with "both" every paired level walks to the third block: all of F, N's split levels, none unsplit there
     assert cells["F, N: the third, a head on each"] == 1.0 and np.isnan(cells["F, N: the third, not"])
     assert np.isnan(cells["N, F: the third, a head on each"]) and cells["N, F: the third, not"] == 1.0
+    # with a null slot, a head off F's entry may be on the null slot, not on N's: not a head on each
+    on_null = {"F": split, "N": np.where(split < 0.1, 0.0, 1 - split), "null": np.where(split < 0.1, 1 - split, 0.0)}
+    cells = probe.shares(favourite, nxt, both, {"F, N": on_null, "N, F": without_null(mixed)})
+    assert cells["F, N: a head on each"] == 0.0 and cells["F, N: heads over 0.9 on one"] == 0.25
+    assert np.isclose(cells["F, N: weight on null"], (0.98 + 0.92) / 8)
 
 
 def test_two_failures_refuses_an_agent_that_is_not_a_three_block_memory_agent(tmp_path):
@@ -618,7 +624,7 @@ def test_two_failures_refuses_an_agent_that_is_not_a_three_block_memory_agent(tm
         probe.probe(str(tmp_path / "agent.pt"), 4)
 
 
-def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
+def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path, monkeypatch):
     import torch
 
     import grid_failmem as grid
@@ -628,15 +634,36 @@ def test_two_failures_probes_a_three_block_memory_agent_end_to_end(tmp_path):
     torch.manual_seed(0)
     torch.save(dict(script=grid.CHECKPOINT_SCRIPT, format=grid.CHECKPOINT_FORMAT, args=vars(args),
                     model=grid.Agent(args, len(grid.MOVES)).state_dict()), tmp_path / "agent.pt")
-    favourite, nxt, hits, on_favourite = probe.probe(str(tmp_path / "agent.pt"), 6)
+    # fresh weights seldom walk to another block when the bank names their favourite, which would leave no level with
+    # two failures to read: the bank naming F (the probe's second episode) is made to send them on to the next block
+    real, results = probe.hits_with_banks, []
+
+    def next_block_after_f(*inputs):
+        hits = real(*inputs)
+        if len(results) == 1:  # the bank naming F: the block after the favourite, where it walked to one
+            hits = np.where(results[0] >= 0, (results[0] + 1) % 3, -1)
+        results.append(hits)
+        return hits
+
+    monkeypatch.setattr(probe, "hits_with_banks", next_block_after_f)
+    favourite, nxt, hits, attention = probe.probe(str(tmp_path / "agent.pt"), 12)
     assert set(hits) == set(probe.BANKS) and all(len(h) == len(favourite) for h in hits.values())
     assert ((nxt == -1) | (nxt != favourite)).all() and (hits["empty"] == favourite).all()
-    assert set(on_favourite) == {"F, N", "N, F"}
-    for weights in on_favourite.values():
-        assert weights.shape == (len(favourite), args.num_heads)
-        assert np.isnan(weights[nxt < 0]).all() and ((weights[nxt >= 0] >= 0) & (weights[nxt >= 0] <= 1)).all()
-    cells = probe.shares(favourite, nxt, hits, on_favourite)
+    assert (nxt >= 0).any()  # else the attention below is all NaN and says nothing
+    assert set(attention) == {"F, N", "N, F"}
+    for weights in attention.values():  # the default read has the null slot: F's, N's and its entries share the weight
+        assert set(weights) == {"F", "N", "null"}
+        for entry in weights.values():
+            assert entry.shape == (len(favourite), args.num_heads) and np.isnan(entry[nxt < 0]).all()
+        total = weights["F"] + weights["N"] + weights["null"]
+        assert np.allclose(total[nxt >= 0], 1.0, atol=1e-5) and (weights["F"][nxt >= 0] > 0).all()
+    # the read has no slot positions: naming F and N in the other order moves F's weight with F's entry
+    for entry in ("F", "N", "null"):
+        assert np.allclose(attention["F, N"][entry][nxt >= 0], attention["N, F"][entry][nxt >= 0], atol=1e-5)
+    assert not np.allclose(attention["F, N"]["F"][nxt >= 0], attention["F, N"]["N"][nxt >= 0], atol=1e-5)
+    cells = probe.shares(favourite, nxt, hits, attention)
     assert "F, N: weight on F" in cells and "N, F: heads over 0.9 on one" in cells and "F, N: a head on each" in cells
+    assert 0 < cells["F, N: weight on null"] < 1
 
 
 def test_two_failures_records_the_readers_attention_without_changing_the_read():
