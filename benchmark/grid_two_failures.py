@@ -11,8 +11,9 @@ failure, as in grid_bank_probe.py):
   - a bank naming F and N, in either order: the Bayes-optimal agent walks to the third block, the one no
     failure names. One that reads only whether its favourite failed walks to N again.
 With both named, the reader's attention at the episode's first step says how it reads them: the weight each head
-puts on F's entry (the rest goes to N's, and to the null slot where the agent has one), the share of heads that put over 0.9 on one entry, and the share of levels
-where one head looks at each (the heads are concatenated, so such a read keeps the two failures apart).
+puts on F's entry (the rest goes to N's, and to the null slot where the agent has one), the share of heads that put
+over 0.9 on one entry, and the share of levels where one head looks at each (the heads are concatenated, so such a
+read keeps the two failures apart).
 Writes docs/grid_two_failures.md or --out.
 
     python benchmark/grid_two_failures.py [checkpoints] --supervised-steps 3000 --seeds 1 2 3 --out docs/grid_two_failures_supervised.md
@@ -273,8 +274,8 @@ def main(argv=None):
             "Bayes-optimal: never the named block, and the third block when F and N are both named. Weight on F: "
             "with both named, the reader's attention on F's entry at the episode's first step, averaged over its "
             "heads and the levels (the rest is on N's, and for an agent with `--null-slot` on the null slot: weight "
-            "on null, nan without one); heads over 0.9 on one: the share of (level, head) pairs "
-            "that put over 0.9 on F's entry or on N's; a head on each: the share of levels where one head puts over 0.9 on "
+            "on null, nan without one); heads over 0.9 on one: the share of (level, head) pairs that put over 0.9 "
+            "on F's entry or on N's; a head on each: the share of levels where one head puts over 0.9 on "
             "F's entry and another over 0.9 on N's (the heads' outputs are concatenated, so such a read keeps the two "
             "failures apart); the third, a head on each / not: the share walking to the third block among the levels "
             "where the read is so split / is not.", "",
