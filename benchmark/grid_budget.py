@@ -21,6 +21,12 @@ periodic ones on the first --eval-levels of them: it is shown apart and left out
 level set reads another success. A second stage (a run started by --init-from from another run's checkpoint)
 is drawn after the run it started from with --after STAGE=FIRST: each STAGE run's steps are shifted by the
 last training step of the FIRST run of its agent and seed. Writes docs/grid_budget[_NAME].md and .png.
+
+Where an agent's runs from scratch end at two budgets or more (exp-names that differ in --total-timesteps only,
+each annealing its learning rate over its own budget), their final whole-set tests get lines of their own: the
+final test against the budget, straight and in log steps (which flattens). That is the question L4 asks, what a
+run of B steps scores on the test, on the test's own level set; the periodic points' first levels can read
+another success than all of them (docs/grid_test_readings_w16_x3_null_15m.md: 0.07-0.08 lower on W16).
 """
 
 import argparse
@@ -107,12 +113,14 @@ def main():
     fits = ["| exp-name | agent | runs | points | slope per 1M steps | steps where the line reaches the target | "
             "minutes at the runs' SPS |", "|---|---|---|---|---|---|---|"]
     groups = [(exp, agent) for exp in args.exp_names for agent in args.agents]
+    finals_from_scratch = {agent: [] for agent in args.agents}  # agent -> [(budget, final test)]
+    all_sps = {agent: [] for agent in args.agents}
     for (exp, agent), colour in zip(groups, plt.cm.tab10.colors):
         runs = sorted(glob.glob(str(ROOT / "runs" / f"grid__{exp}__{agent}__*")))
         all_steps, all_values, sps, starts = [], [], [], []
         for run in runs:
             steps, values = metric_points(run, args.metric)
-            if not len(steps):
+            if not len(steps):  # a run not yet evaluated adds nothing, not even to the count of runs
                 continue
             seed = run.split("__")[3]
             sps_steps, sps_values = scalars(run, "charts/SPS")
@@ -127,11 +135,14 @@ def main():
             ax.plot(steps, values, "o-", color=colour, alpha=0.6, ms=3, label=label)
             if final:
                 ax.plot(*final, "*", color=colour, ms=10)
+                if exp not in first_of:
+                    finals_from_scratch[agent].append(final)
             rows.append(f"| {exp} | {agent} | {seed} | {budget:,} | "
                         + ", ".join(f"{s / 1e6:.2f}M: {v:.2f}" for s, v in zip(steps, values))
                         + (f" | {final[1]:.3f} |" if final else " | - |"))
             all_steps += list(steps)
             all_values += list(values)
+        all_sps[agent] += sps
         if len(all_steps) < 2:
             continue
         all_steps, all_values = np.array(all_steps), np.array(all_values)
@@ -145,8 +156,28 @@ def main():
             line = np.linspace(all_steps[keep].min(), min(end, 4 * all_steps.max()), 50)
             ax.plot(line, intercept + slope * line, "--" if points == "all" else ":", color=colour)
             minutes = reach / np.mean(sps) / 60 if np.isfinite(reach) else float("inf")
-            fits.append(f"| {exp} | {agent} | {len(runs)} | {points} | {slope * 1e6:+.3f} | "
+            fits.append(f"| {exp} | {agent} | {len(sps)} | {points} | {slope * 1e6:+.3f} | "
                         + (f"{reach:,.0f} | {minutes:.0f} at {np.mean(sps):.0f} SPS |" if np.isfinite(reach) else "never | |"))
+    final_fits = ["| agent | runs | budgets | fit | slope | steps where the final test reaches the target | "
+                  "minutes at the runs' SPS |", "|---|---|---|---|---|---|---|"]
+    for agent, finals in finals_from_scratch.items():
+        budgets, tests = np.array(finals).T if finals else (np.array([]), np.array([]))
+        if len(np.unique(budgets)) < 2:
+            continue
+        for fit, x, per in (("straight", budgets, "per 1M steps"), ("in log steps", np.log(budgets), "per doubling")):
+            slope, intercept = np.polyfit(x, tests, 1)
+            reach_x = (args.target - intercept) / slope if slope > 0 else float("inf")
+            reach = (np.exp(reach_x) if fit == "in log steps" else reach_x) if np.isfinite(reach_x) else float("inf")
+            line = np.linspace(budgets.min(), min(max(reach, budgets.max()), 4 * budgets.max()), 50)
+            ax.plot(line, intercept + slope * (np.log(line) if fit == "in log steps" else line),
+                    "-" if fit == "straight" else "-.", color="grey", lw=1.5,
+                    label=f"{agent}: final tests, {fit}")
+            minutes = reach / np.mean(all_sps[agent]) / 60 if np.isfinite(reach) else float("inf")
+            slope_text = f"{slope * (1e6 if fit == 'straight' else np.log(2)):+.3f} {per}"
+            final_fits.append(f"| {agent} | {len(finals)} | {', '.join(f'{b / 1e6:.1f}M' for b in np.unique(budgets))} | "
+                              f"{fit} | {slope_text} | "
+                              + (f"{reach:,.0f} | {minutes:.0f} at {np.mean(all_sps[agent]):.0f} SPS |"
+                                 if np.isfinite(reach) else "never | |"))
     ax.axhline(args.target, color="black", ls=":", lw=1, label=f"target {args.target}")
     ax.axhline(bayes_line(args.metric, args.num_blocks), color="black", ls="--", lw=1,
                label=f"Bayes-optimal ({args.num_blocks} blocks)")
@@ -166,7 +197,11 @@ def main():
             "greedy; a finished run's final evaluation, on all `--num-test-levels`, is shown apart and left out of the lines. Each "
             "(exp-name, agent) has a line fitted to all its runs' periodic points and one to the later half of them; "
             "runs of different budgets anneal the learning rate over different spans.", "",
-            *rows, "", *fits, "", f"![budget]({stem}.png)", ""]
+            *rows, "", *fits, ""]
+    if len(final_fits) > 2:
+        text += ["The final whole-set tests of the runs from scratch (second stages left out), against their budget:", "",
+                 *final_fits, ""]
+    text += [f"![budget]({stem}.png)", ""]
     write_doc(Path(args.out) / f"{stem}.md", "\n".join(text))
     print("\n".join(text))
 

@@ -335,6 +335,39 @@ def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, mon
         grid_budget.main()
 
 
+def test_budget_fits_the_final_tests_of_runs_from_scratch_against_their_budget(tmp_path, monkeypatch):
+    import grid_budget
+
+    for run in ("grid__short__memory__1__10", "grid__long__memory__1__20", "grid__long__memory__2__21",
+                "grid__stage__memory__1__30"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+    logs = {"short": {"eval/mean_success": ([500_000, 1_000_000], [0.2, 0.3]), "charts/SPS": ([1_000_000], [5.0])},
+            "long": {"eval/mean_success": ([500_000, 1_000_000, 2_000_000], [0.2, 0.3, 0.5]),
+                     "charts/SPS": ([2_000_000], [5.0])},
+            "stage": {"eval/mean_success": ([500_000, 1_000_000], [0.7, 0.8]), "charts/SPS": ([1_000_000], [5.0])}}
+    unevaluated = {"eval/mean_success": ([], []), "charts/SPS": ([], [])}  # long's seed 2: started, nothing logged yet
+
+    def fake_scalars(run, tag):
+        exp, seed = run.split("__")[1], run.split("__")[3]
+        return tuple(np.array(x) for x in (unevaluated if (exp, seed) == ("long", "2") else logs[exp])[tag])
+
+    monkeypatch.setattr(grid_budget, "ROOT", tmp_path)
+    monkeypatch.setattr(grid_budget, "scalars", fake_scalars)
+    monkeypatch.setattr(sys, "argv", ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names",
+                                      "short", "long", "stage", "--after", "stage=long", "--target", "0.9",
+                                      "--out", str(tmp_path)])
+    grid_budget.main()
+    doc = (tmp_path / "grid_budget.md").read_text()
+    # finals 0.3 at 1M and 0.5 at 2M; the second stage's 0.8 (at 3M) is not a run of 3M from scratch
+    assert "| memory | 2 | 1.0M, 2.0M | straight | +0.200 per 1M steps | 4,000,000 |" in doc
+    assert "| memory | 2 | 1.0M, 2.0M | in log steps | +0.200 per doubling | 8,000,000 |" in doc
+    assert "| long | memory | 1 | all |" in doc  # the run with no evaluation is not counted
+    monkeypatch.setattr(sys, "argv", ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names",
+                                      "long", "--target", "0.9", "--out", str(tmp_path)])
+    grid_budget.main()  # one budget: no line through the final tests
+    assert "final whole-set tests" not in (tmp_path / "grid_budget.md").read_text()
+
+
 def test_recovery_doc_names_the_bayes_line_of_its_grid():
     from grid_recovery import bayes_line
 
