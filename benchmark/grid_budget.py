@@ -83,6 +83,26 @@ def bayes_line(metric, num_blocks, episodes=5):
     return float(np.mean(grid_failmem.bayes_optimal(num_blocks, episodes)))
 
 
+def line_to(x, values, target):
+    """A least-squares line through (x, values): its slope, intercept, and the x where it reaches `target`
+    (inf where it does not rise)."""
+    slope, intercept = np.polyfit(x, values, 1)
+    return slope, intercept, (target - intercept) / slope if slope > 0 else float("inf")
+
+
+def steps_cells(reach, sps):
+    """A fit table's last two cells: the steps where a line reaches the target, and the minutes at the runs' SPS."""
+    if not np.isfinite(reach):
+        return "never | |"
+    return f"{reach:,.0f} | {reach / np.mean(sps) / 60:.0f} at {np.mean(sps):.0f} SPS |"
+
+
+# a line through the final tests against the budget, straight or in log steps: (name, budget -> x, x -> budget,
+# the slope's unit, x per unit)
+FINAL_FITS = (("straight", np.asarray, np.asarray, "per 1M steps", 1e6),
+              ("in log steps", np.log, np.exp, "per doubling", np.log(2)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp-names", nargs="+", required=True)
@@ -150,34 +170,24 @@ def main():
         # it started) only: a curve that flattens reads slower there
         half = min(starts) + (all_steps.max() - min(starts)) / 2
         for points, keep in (("all", all_steps > 0), ("second half", all_steps >= half)):
-            slope, intercept = np.polyfit(all_steps[keep], all_values[keep], 1)
-            reach = (args.target - intercept) / slope if slope > 0 else float("inf")
+            slope, intercept, reach = line_to(all_steps[keep], all_values[keep], args.target)
             end = reach if np.isfinite(reach) and reach > all_steps.max() else all_steps.max()
             line = np.linspace(all_steps[keep].min(), min(end, 4 * all_steps.max()), 50)
             ax.plot(line, intercept + slope * line, "--" if points == "all" else ":", color=colour)
-            minutes = reach / np.mean(sps) / 60 if np.isfinite(reach) else float("inf")
-            fits.append(f"| {exp} | {agent} | {len(sps)} | {points} | {slope * 1e6:+.3f} | "
-                        + (f"{reach:,.0f} | {minutes:.0f} at {np.mean(sps):.0f} SPS |" if np.isfinite(reach) else "never | |"))
+            fits.append(f"| {exp} | {agent} | {len(sps)} | {points} | {slope * 1e6:+.3f} | " + steps_cells(reach, sps))
     final_fits = ["| agent | runs | budgets | fit | slope | steps where the final test reaches the target | "
                   "minutes at the runs' SPS |", "|---|---|---|---|---|---|---|"]
     for agent, finals in finals_from_scratch.items():
         budgets, tests = np.array(finals).T if finals else (np.array([]), np.array([]))
         if len(np.unique(budgets)) < 2:
             continue
-        for fit, x, per in (("straight", budgets, "per 1M steps"), ("in log steps", np.log(budgets), "per doubling")):
-            slope, intercept = np.polyfit(x, tests, 1)
-            reach_x = (args.target - intercept) / slope if slope > 0 else float("inf")
-            reach = (np.exp(reach_x) if fit == "in log steps" else reach_x) if np.isfinite(reach_x) else float("inf")
+        for (fit, to_x, from_x, per, unit), style in zip(FINAL_FITS, ("-", "-.")):
+            slope, intercept, reach_x = line_to(to_x(budgets), tests, args.target)
+            reach = from_x(reach_x)
             line = np.linspace(budgets.min(), min(max(reach, budgets.max()), 4 * budgets.max()), 50)
-            ax.plot(line, intercept + slope * (np.log(line) if fit == "in log steps" else line),
-                    "-" if fit == "straight" else "-.", color="grey", lw=1.5,
-                    label=f"{agent}: final tests, {fit}")
-            minutes = reach / np.mean(all_sps[agent]) / 60 if np.isfinite(reach) else float("inf")
-            slope_text = f"{slope * (1e6 if fit == 'straight' else np.log(2)):+.3f} {per}"
+            ax.plot(line, intercept + slope * to_x(line), style, color="grey", lw=1.5, label=f"{agent}: final tests, {fit}")
             final_fits.append(f"| {agent} | {len(finals)} | {', '.join(f'{b / 1e6:.1f}M' for b in np.unique(budgets))} | "
-                              f"{fit} | {slope_text} | "
-                              + (f"{reach:,.0f} | {minutes:.0f} at {np.mean(all_sps[agent]):.0f} SPS |"
-                                 if np.isfinite(reach) else "never | |"))
+                              f"{fit} | {slope * unit:+.3f} {per} | " + steps_cells(reach, all_sps[agent]))
     ax.axhline(args.target, color="black", ls=":", lw=1, label=f"target {args.target}")
     ax.axhline(bayes_line(args.metric, args.num_blocks), color="black", ls="--", lw=1,
                label=f"Bayes-optimal ({args.num_blocks} blocks)")
