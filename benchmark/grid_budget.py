@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmark"))
-from learning import scalars, write_doc  # noqa: E402
+from learning import planned_steps, scalars, write_doc  # noqa: E402
 
 TITLES = {"recovery": "held-out: goal in episode 2 after a missed episode 1",
           "mean": "held-out: mean success over the 5 test episodes"}
@@ -57,10 +57,11 @@ def metric_points(run, metric):
     return steps, (second - first) / np.maximum(1 - first, 1e-9)
 
 
-def split_final(steps, values, last_train_step):
-    """The periodic evaluations, and the final one (steps, value) or None: a run that finished evaluated last
-    at its last training step, on the whole held-out set."""
-    if len(steps) and steps[-1] == last_train_step:
+def split_final(steps, values, planned):
+    """The periodic evaluations, and the final one (steps, value) or None: a run that reached the `planned` steps
+    it was started for evaluated last there, on the whole held-out set. A run still going, or stopped early, has
+    periodic points only, though its last one may fall on its last update."""
+    if len(steps) and steps[-1] == planned:
         return steps[:-1], values[:-1], (steps[-1], values[-1])
     return steps, values, None
 
@@ -146,7 +147,10 @@ def main():
             sps_steps, sps_values = scalars(run, "charts/SPS")
             budget = int(sps_steps[-1]) if len(sps_steps) else 0
             sps.append(np.median(sps_values))
-            steps, values, final = split_final(steps, values, budget)
+            planned = planned_steps(run)
+            if planned is None:
+                sys.exit(f"grid_budget.py: error: {run} logged no hyperparameters, so whether it finished is unknown")
+            steps, values, final = split_final(steps, values, planned)
             start = first_run_steps(first_of[exp], agent, seed) if exp in first_of else 0
             steps, budget = steps + start, budget + start
             final = (final[0] + start, final[1]) if final else None

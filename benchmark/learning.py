@@ -92,6 +92,17 @@ def scalars(run_dir, tag, minutes=False, until=None):
     return np.array([e.step for e in events]), np.array([e.value for e in events])
 
 
+def planned_steps(run_dir):
+    """The env steps a run was started for: num_iterations x batch_size of the hyperparameters it logged at its
+    start (a resumed run's are in its first event file), or None in a log without them."""
+    accumulator = event_log(str(run_dir))
+    if "hyperparameters/text_summary" not in accumulator.Tags()["tensors"]:
+        return None
+    table = accumulator.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    params = dict(row.strip("|").split("|", 1) for row in table.splitlines()[2:])  # below |param|value| and |-|-|
+    return int(params["num_iterations"]) * int(params["batch_size"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", choices=sorted(TITLES), default="grid")

@@ -296,11 +296,28 @@ def test_budget_sets_a_finished_runs_final_evaluation_apart():
     from grid_budget import bayes_line, split_final
 
     steps, values = np.array([100, 200, 250]), np.array([0.2, 0.3, 0.5])
-    periodic_steps, periodic_values, final = split_final(steps, values, last_train_step=250)
+    periodic_steps, periodic_values, final = split_final(steps, values, planned=250)
     assert list(periodic_steps) == [100, 200] and list(periodic_values) == [0.2, 0.3] and final == (250, 0.5)
-    assert split_final(steps, values, last_train_step=300)[2] is None  # stopped early: every point is periodic
+    # started for 300 steps and still going, its last update evaluated (on the periodic set): every point is periodic
+    assert split_final(steps, values, planned=300)[2] is None
     assert bayes_line("mean", 3) == pytest.approx(0.8) and bayes_line("mean", 2) == pytest.approx(0.9)
     assert bayes_line("recovery", 2) == 1.0 and bayes_line("recovery", 3) == 0.5
+
+
+def test_planned_steps_reads_the_hyperparameters_a_run_logged_at_its_start(tmp_path):
+    from learning import planned_steps
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "run"))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n|num_iterations|390|\n|batch_size|38400|\n"
+                                       "|cnn_channels|(16, 32, 32)|")
+    writer.add_scalar("charts/SPS", 1.0, 38400)
+    writer.close()
+    assert planned_steps(tmp_path / "run") == 14_976_000
+    writer = SummaryWriter(str(tmp_path / "bare"))
+    writer.add_scalar("charts/SPS", 1.0, 38400)
+    writer.close()
+    assert planned_steps(tmp_path / "bare") is None
 
 
 def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, monkeypatch, capsys):
@@ -314,6 +331,7 @@ def test_budget_draws_a_second_stage_after_the_run_it_started_from(tmp_path, mon
     monkeypatch.setattr(grid_budget, "ROOT", tmp_path)
     monkeypatch.setattr(grid_budget, "scalars",
                         lambda run, tag: tuple(np.array(x) for x in logs[run.split("__")[1]][tag]))
+    monkeypatch.setattr(grid_budget, "planned_steps", lambda run: logs[run.split("__")[1]]["charts/SPS"][0][-1])
     argv = ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names", "first", "stage",
             "--target", "0.9", "--out", str(tmp_path), "--after"]
     monkeypatch.setattr(sys, "argv", argv + ["stage=first"])
@@ -339,29 +357,32 @@ def test_budget_fits_the_final_tests_of_runs_from_scratch_against_their_budget(t
     import grid_budget
 
     for run in ("grid__short__memory__1__10", "grid__long__memory__1__20", "grid__long__memory__2__21",
-                "grid__stage__memory__1__30"):
+                "grid__long__memory__3__22", "grid__stage__memory__1__30"):
         (tmp_path / "runs" / run).mkdir(parents=True)
     logs = {"short": {"eval/mean_success": ([500_000, 1_000_000], [0.2, 0.3]), "charts/SPS": ([1_000_000], [5.0])},
             "long": {"eval/mean_success": ([500_000, 1_000_000, 2_000_000], [0.2, 0.3, 0.5]),
                      "charts/SPS": ([2_000_000], [5.0])},
             "stage": {"eval/mean_success": ([500_000, 1_000_000], [0.7, 0.8]), "charts/SPS": ([1_000_000], [5.0])}}
     unevaluated = {"eval/mean_success": ([], []), "charts/SPS": ([], [])}  # long's seed 2: started, nothing logged yet
-
-    def fake_scalars(run, tag):
-        exp, seed = run.split("__")[1], run.split("__")[3]
-        return tuple(np.array(x) for x in (unevaluated if (exp, seed) == ("long", "2") else logs[exp])[tag])
+    # long's seed 3: still going at 1.5M of its 2M steps, its last update evaluated on the periodic set
+    going = {"eval/mean_success": ([500_000, 1_000_000, 1_500_000], [0.1, 0.2, 0.25]), "charts/SPS": ([1_500_000], [5.0])}
+    of_run = lambda run: {("long", "2"): unevaluated, ("long", "3"): going}.get(  # noqa: E731
+        (run.split("__")[1], run.split("__")[3]), logs[run.split("__")[1]])
 
     monkeypatch.setattr(grid_budget, "ROOT", tmp_path)
-    monkeypatch.setattr(grid_budget, "scalars", fake_scalars)
+    monkeypatch.setattr(grid_budget, "scalars", lambda run, tag: tuple(np.array(x) for x in of_run(run)[tag]))
+    monkeypatch.setattr(grid_budget, "planned_steps", lambda run: logs[run.split("__")[1]]["charts/SPS"][0][-1])
     monkeypatch.setattr(sys, "argv", ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names",
                                       "short", "long", "stage", "--after", "stage=long", "--target", "0.9",
                                       "--out", str(tmp_path)])
     grid_budget.main()
     doc = (tmp_path / "grid_budget.md").read_text()
-    # finals 0.3 at 1M and 0.5 at 2M; the second stage's 0.8 (at 3M) is not a run of 3M from scratch
+    # finals 0.3 at 1M and 0.5 at 2M; the second stage's 0.8 (at 3M) is not a run of 3M from scratch, and the
+    # running seed 3's 0.25 at 1.5M not a final test
     assert "| memory | 2 | 1.0M, 2.0M | straight | +0.200 per 1M steps | 4,000,000 |" in doc
     assert "| memory | 2 | 1.0M, 2.0M | in log steps | +0.200 per doubling | 8,000,000 |" in doc
-    assert "| long | memory | 1 | all |" in doc  # the run with no evaluation is not counted
+    assert "| long | memory | 2 | all |" in doc  # seeds 1 and 3; the run with no evaluation is not counted
+    assert "| long | memory | 3 | 1,500,000 | 0.50M: 0.10, 1.00M: 0.20, 1.50M: 0.25 | - |" in doc
     monkeypatch.setattr(sys, "argv", ["grid_budget.py", "--metric", "mean", "--num-blocks", "3", "--exp-names",
                                       "long", "--target", "0.9", "--out", str(tmp_path)])
     grid_budget.main()  # one budget: no line through the final tests
